@@ -1,0 +1,1 @@
+"""One module per ``walkout`` verb; see :mod:`walkout.cli`."""

@@ -1,0 +1,256 @@
+"""Typed payload models of the wire contract.
+
+Every payload is JSON with the envelope fields ``v`` (schema version), ``source`` (the publishing device),
+``seq`` (per-source, monotonic) and ``ts`` (capture time, seconds since the epoch, UTC).  The models are
+strict: unknown fields, wrong types, NaN/inf and out-of-range values are rejected, so a consumer can trust
+what it gets.  The topic each model travels on is in :mod:`wire.topics`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+# Identifiers: store, camera, shelf, lane, gate, device, visit, account, sku.  They appear in topics, so they
+# exclude MQTT wildcards, '/', and whitespace.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# Capture times: seconds since the epoch; 0 .. year 2286.  Simulated sessions may start at any epoch.
+Timestamp = Annotated[float, Field(ge=0.0, lt=1e10, allow_inf_nan=False)]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+Minor = Annotated[int, Field(ge=-(10**12), le=10**12)]  # money in integer minor units
+Count = Annotated[int, Field(ge=0, le=10**6)]
+Text = Annotated[str, Field(max_length=256)]
+
+Vec2 = tuple[Finite, Finite]
+Vec3 = tuple[Finite, Finite, Finite]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Envelope(_Strict):
+    """Fields every payload carries."""
+
+    v: Literal[1] = Field(SCHEMA_VERSION, title="Schema version")
+    source: Ident = Field(title="Publishing device id")
+    seq: Seq = Field(title="Per-source sequence number, monotonic")
+    ts: Timestamp = Field(title="Capture time, seconds since the epoch (UTC)")
+
+
+# --------------------------------------------------------------------------------------------- camera tracks
+class Ray(_Strict):
+    """A ray in the store frame: ``origin`` (the camera centre, metres) and unit ``dir``."""
+
+    origin: Vec3
+    dir: Vec3
+
+    @model_validator(mode="after")
+    def _unit(self) -> Ray:
+        n = math.sqrt(sum(c * c for c in self.dir))
+        if not 0.99 <= n <= 1.01:
+            raise ValueError(f"dir must be a unit vector, its norm is {n:.4g}")
+        return self
+
+
+class Keypoint(_Strict):
+    """A body keypoint seen by one camera: pixel position, confidence and its ray in the store frame."""
+
+    px: Vec2
+    conf: Prob
+    ray: Ray | None = None
+
+
+class Track(_Strict):
+    id: Annotated[int, Field(ge=0, lt=2**31)] = Field(title="Track id, unique per camera process")
+    box: tuple[Finite, Finite, Finite, Finite] = Field(title="Box x1, y1, x2, y2 in pixels")
+    conf: Prob
+    floor: Vec2 = Field(title="Floor position x, y in metres (store frame)")
+    floor_cov: tuple[Finite, Finite, Finite] = Field(
+        title="Floor covariance", description="xx, xy, yy in square metres"
+    )
+    head: Keypoint | None = None
+    lwrist: Keypoint | None = None
+    rwrist: Keypoint | None = None
+
+    @model_validator(mode="after")
+    def _geometry(self) -> Track:
+        x1, y1, x2, y2 = self.box
+        if x2 < x1 or y2 < y1:
+            raise ValueError("box must have x2 >= x1 and y2 >= y1")
+        xx, xy, yy = self.floor_cov
+        if xx < 0 or yy < 0 or xy * xy > xx * yy * (1 + 1e-9) + 1e-12:
+            raise ValueError("floor_cov is not a covariance (needs xx >= 0, yy >= 0, xy^2 <= xx*yy)")
+        return self
+
+
+class TracksMsg(Envelope):
+    """One camera frame's tracks."""
+
+    camera: Ident
+    frame: Count
+    tracks: list[Track] = Field(default_factory=list, max_length=256)
+    dropped_frames: Count = Field(0, title="Frames the source dropped since the previous message")
+
+
+# --------------------------------------------------------------------------------------------- shelf events
+class LaneDelta(_Strict):
+    lane: Ident
+    delta_g: Finite = Field(title="Signed weight change of the lane in grams (negative: taken)")
+
+
+class Candidate(_Strict):
+    sku: Ident
+    qty: Annotated[int, Field(ge=1, le=1000)] = Field(title="Number of items")
+    p: Prob
+    foreign: bool = Field(False, title="The product does not belong to the lane (misplaced put-back)")
+
+
+class ShelfEventMsg(Envelope):
+    """A pick or put-back on one shelf, emitted once the shelf is stable again.
+
+    When one change spans lanes of several products, the gateway splits it into sub-events that share
+    ``parent_id``.
+    """
+
+    shelf: Ident
+    event_id: Ident
+    parent_id: Ident | None = None
+    action: Literal["pick", "put"]
+    t_start: Timestamp
+    t_end: Timestamp
+    lanes: list[LaneDelta] = Field(min_length=1, max_length=64)
+    delta_g: Finite = Field(title="Total signed weight change in grams")
+    candidates: list[Candidate] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShelfEventMsg:
+        if self.t_end < self.t_start:
+            raise ValueError("t_end must not be before t_start")
+        if (self.action == "pick") != (self.delta_g < 0):
+            raise ValueError("action 'pick' needs delta_g < 0 and 'put' needs delta_g > 0")
+        if len({ln.lane for ln in self.lanes}) != len(self.lanes):
+            raise ValueError("lanes must not repeat")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- gate
+class GateEntryMsg(Envelope):
+    gate: Ident
+    account: Ident
+    party_size: Annotated[int, Field(ge=1, le=20)] = 1
+    code_id: Ident | None = Field(None, title="Id of the entry code that was scanned (single-use)")
+
+
+# --------------------------------------------------------------------------------------------- device status
+class StatusMsg(Envelope):
+    device: Ident
+    kind: Literal["camera", "shelf", "gate", "fusion", "ops", "recorder", "sim", "other"] = "other"
+    state: Literal["online", "offline", "stopped"]
+    version: Annotated[str, Field(max_length=64)] = ""
+    config_hash: Annotated[str, Field(max_length=128)] = ""
+    counters: dict[Ident, Count] = Field(default_factory=dict, max_length=64)
+
+
+# --------------------------------------------------------------------------------------------- carts
+LineKind = Literal["pick", "put_back", "misplaced_return", "adjustment"]
+
+
+class CartLine(_Strict):
+    line_id: Ident
+    kind: LineKind
+    sku: Ident
+    name: Text = ""
+    qty: Annotated[int, Field(ge=-1000, le=1000)] = Field(title="Signed: positive adds to the cart")
+    unit_price: Minor
+    amount: Minor
+    confidence: Prob = 1.0
+    margin: Prob = 1.0
+    uncertain: bool = False
+    event_id: Ident | None = None
+    shopper: Ident | None = None
+    cameras: list[Ident] = Field(default_factory=list, max_length=64)
+    t: Timestamp
+
+    @model_validator(mode="after")
+    def _amount(self) -> CartLine:
+        if self.amount != self.qty * self.unit_price:
+            raise ValueError("amount must equal qty * unit_price")
+        return self
+
+
+class CartSnapshotMsg(Envelope):
+    visit: Ident
+    account: Ident
+    state: Literal["open", "settling", "closed"]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    lines: list[CartLine] = Field(default_factory=list, max_length=2000)
+    total: Minor
+
+    @model_validator(mode="after")
+    def _total(self) -> CartSnapshotMsg:
+        if self.total != sum(ln.amount for ln in self.lines):
+            raise ValueError("total must equal the sum of the lines' amounts")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- receipts
+class ReceiptLine(_Strict):
+    sku: Ident
+    name: Text = ""
+    qty: Annotated[int, Field(ge=1, le=1000)]
+    unit_price: Minor
+    amount: Minor
+    uncertain: bool = False
+
+    @model_validator(mode="after")
+    def _amount(self) -> ReceiptLine:
+        if self.amount != self.qty * self.unit_price:
+            raise ValueError("amount must equal qty * unit_price")
+        return self
+
+
+class ReceiptMsg(Envelope):
+    visit: Ident
+    account: Ident
+    status: Literal["charged", "no_charge", "held_for_review", "payment_failed"]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    lines: list[ReceiptLine] = Field(default_factory=list, max_length=2000)
+    total: Minor
+    charge_key: Annotated[str, Field(max_length=128)] | None = None
+    reasons: list[Text] = Field(default_factory=list, max_length=64)
+    entered_at: Timestamp
+    exited_at: Timestamp
+
+    @model_validator(mode="after")
+    def _total(self) -> ReceiptMsg:
+        if self.total != sum(ln.amount for ln in self.lines):
+            raise ValueError("total must equal the sum of the lines' amounts")
+        if self.exited_at < self.entered_at:
+            raise ValueError("exited_at must not be before entered_at")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- load cells
+class LoadCellMsg(Envelope):
+    """A block of raw load-cell samples of one shelf: ``samples[i][j]`` is lane ``lanes[j]`` at
+    ``ts + i / rate_hz`` (grams, uncalibrated raw readings are allowed)."""
+
+    shelf: Ident
+    rate_hz: Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)]
+    lanes: list[Ident] = Field(min_length=1, max_length=256)
+    samples: list[list[Finite]] = Field(max_length=10_000)
+
+    @model_validator(mode="after")
+    def _shape(self) -> LoadCellMsg:
+        n = len(self.lanes)
+        for i, row in enumerate(self.samples):
+            if len(row) != n:
+                raise ValueError(f"samples[{i}] has {len(row)} values for {n} lanes")
+        return self
