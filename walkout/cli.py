@@ -13,6 +13,7 @@ from walkout import __version__
 # Modules under walkout.commands, one per verb (or verb group).  Add a line to add a verb.
 COMMANDS = [
     "walkout.commands.store",
+    "walkout.commands.edge",
 ]
 
 log = logging.getLogger("walkout")
