@@ -1,0 +1,273 @@
+"""Who did it: for a shelf event, the probability of each shopper present having done it.
+
+Evidence per shopper, over the event's window (padded for clock skew):
+- wrists: every camera's wrist observation is a ray; the wrist lies on it within arm's reach of the shopper's
+  body, so only that segment of the ray counts.  At one instant, several cameras' rays of the same wrist bound
+  the wrist's distance to the lane from below (it lies on all of them); the largest of those bounds is taken,
+  then the smallest over the window (the moment the hand was closest).
+- body: the horizontal distance of the shopper's floor position to the lanes (cheap prior; arms are short).
+Scores are Gaussian in those distances; the probabilities are the normalised scores.  The winner's
+probability is the line's confidence; the margin to the runner-up decides whether the line is uncertain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.store import Box
+from fusion.config import AssociationConfig
+from fusion.floor import FloorTracker
+
+INSTANT_S = 0.06  # observations this close in time count as one instant
+
+
+@dataclass
+class Association:
+    shopper: str | None
+    p: float
+    margin: float
+    runner_up: str | None
+    wrist_distance: float | None
+    scores: dict[str, float]
+    cameras: list[str]
+    uncertain: bool
+    reason: str = ""
+
+
+def box_frames(boxes: list[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (B, 3), half sizes (B, 3), cos and sin of yaw (B,) of boxes."""
+    c = np.array([b.center for b in boxes], float)
+    h = np.array([b.half_size for b in boxes], float)
+    yaw = np.radians([b.yaw_deg for b in boxes])
+    return c, h, np.cos(yaw), np.sin(yaw)
+
+
+def segment_box_distance(a: np.ndarray, b: np.ndarray, boxes: list[Box], iters: int = 40) -> np.ndarray:
+    """Distance from segments ``a[i] -> b[i]`` (N, 3) to the nearest of ``boxes`` (N,).
+
+    The distance from a point on a segment to a convex box is convex along the segment, so a golden-section
+    search on each segment (vectorised over segments and boxes) finds its minimum.
+    """
+    a = np.asarray(a, float).reshape(-1, 3)
+    b = np.asarray(b, float).reshape(-1, 3)
+    if len(a) == 0:
+        return np.zeros(0)
+    c, h, cs, sn = box_frames(boxes)
+
+    def local(p: np.ndarray) -> np.ndarray:  # (N, 3) -> (N, B, 3) in each box's frame
+        d = p[:, None, :] - c[None]
+        x = d[..., 0] * cs + d[..., 1] * sn
+        y = -d[..., 0] * sn + d[..., 1] * cs
+        return np.stack([x, y, d[..., 2]], axis=-1)
+
+    la, lb = local(a), local(b)
+
+    def dist(s: np.ndarray) -> np.ndarray:  # s: (N, B)
+        p = la + (lb - la) * s[..., None]
+        q = np.maximum(np.abs(p) - h[None], 0.0)
+        return np.sqrt((q * q).sum(-1))
+
+    lo = np.zeros(la.shape[:2])
+    hi = np.ones(la.shape[:2])
+    g = (math.sqrt(5) - 1) / 2
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1, f2 = dist(x1), dist(x2)
+    for _ in range(iters):
+        left = f1 < f2
+        hi = np.where(left, x2, hi)
+        lo = np.where(left, lo, x1)
+        x2n = np.where(left, x1, lo + g * (hi - lo))
+        x1n = np.where(left, hi - g * (hi - lo), x2)
+        x1, x2 = x1n, x2n
+        f1, f2 = dist(x1), dist(x2)
+    best = np.minimum(np.minimum(f1, f2), np.minimum(dist(np.zeros_like(lo)), dist(np.ones_like(lo))))
+    return best.min(axis=1)
+
+
+def floor_box_distance(xy: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """Horizontal distance from floor points (N, 2) to the nearest box footprint (N,)."""
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    c, h, cs, sn = box_frames(boxes)
+    d = xy[:, None, :] - c[None, :, :2]
+    x = d[..., 0] * cs + d[..., 1] * sn
+    y = -d[..., 0] * sn + d[..., 1] * cs
+    q = np.maximum(np.abs(np.stack([x, y], -1)) - h[None, :, :2], 0.0)
+    return np.sqrt((q * q).sum(-1)).min(axis=1)
+
+
+def _path_at(path: list[tuple[float, float, float]], ts: np.ndarray) -> np.ndarray:
+    arr = np.asarray(path, float)
+    return np.stack([np.interp(ts, arr[:, 0], arr[:, 1]), np.interp(ts, arr[:, 0], arr[:, 2])], axis=1)
+
+
+def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes: list[Box],
+                    cfg: AssociationConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-instant distance of this shopper's nearest wrist to the boxes.
+
+    At each instant the wrist rays of all cameras are grouped into wrists (rays of different cameras that
+    pass within ``TRIANGULATE_M`` of each other, within reach of the body; left/right labels are not trusted
+    across views); a wrist seen by two or more cameras is triangulated and its distance measured exactly, a
+    wrist seen by one camera gives a lower bound (the nearest point of its ray segment within reach).
+    Returns (times, distances, cameras that contributed)."""
+    info = floor.info[slot]
+    obs = [w for w in info.wrists if t0 <= w[0] <= t1]
+    if not obs or not info.path:
+        return np.zeros(0), np.zeros(0), []
+    arr = np.array([(w[0], *w[3:9]) for w in obs], float)  # t, ox..dz
+    cams = np.array([w[1] for w in obs])
+    t = arr[:, 0]
+    o, d = arr[:, 1:4], arr[:, 4:7]
+    body = _path_at(info.path, t)
+    s_lo, s_hi = _reach_interval(o, d, body, cfg.reach_m)
+    ok = s_hi > s_lo
+    if not ok.any():
+        return np.zeros(0), np.zeros(0), []
+    t, o, d, cams, body, s_lo, s_hi = t[ok], o[ok], d[ok], cams[ok], body[ok], s_lo[ok], s_hi[ok]
+    bound = segment_box_distance(o + d * s_lo[:, None], o + d * s_hi[:, None], boxes)
+    inst = np.round(t / INSTANT_S).astype(np.int64)
+    times, values = [], []
+    for k in np.unique(inst):
+        idx = np.nonzero(inst == k)[0]
+        best = np.inf
+        for group in _group_rays(o[idx], d[idx], cams[idx]):
+            rows = idx[group]
+            if len(rows) >= 2:
+                p = _triangulate(o[rows], d[rows])
+                near = np.hypot(*(p[:2] - body[rows[0]])) <= cfg.reach_m and 0.2 <= p[2] <= 2.3
+                dist = point_box_distance(p, boxes) if near else np.inf
+            else:
+                dist = float(bound[rows[0]])
+            best = min(best, dist)
+        if np.isfinite(best):
+            times.append(k * INSTANT_S)
+            values.append(best)
+    return np.array(times), np.array(values), sorted(set(cams.tolist()))
+
+
+TRIANGULATE_M = 0.08  # rays of one wrist from different cameras pass this close
+
+
+def _group_rays(o: np.ndarray, d: np.ndarray, cams: np.ndarray) -> list[list[int]]:
+    """Group one instant's wrist rays into wrists: greedily join the closest pairs of rays from different
+    cameras (each camera at most once per group)."""
+    n = len(o)
+    groups = [[i] for i in range(n)]
+    if n < 2:
+        return groups
+    pairs = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            if cams[i] != cams[j]:
+                gap = _ray_gap(o[i], d[i], o[j], d[j])
+                if gap < TRIANGULATE_M:
+                    pairs.append((gap, i, j))
+    where = list(range(n))
+    for _, i, j in sorted(pairs):
+        gi, gj = where[i], where[j]
+        if gi == gj:
+            continue
+        if set(cams[groups[gi]]) & set(cams[groups[gj]]):
+            continue
+        groups[gi].extend(groups[gj])
+        for r in groups[gj]:
+            where[r] = gi
+        groups[gj] = []
+    return [g for g in groups if g]
+
+
+def _ray_gap(o1: np.ndarray, d1: np.ndarray, o2: np.ndarray, d2: np.ndarray) -> float:
+    w = o1 - o2
+    b = float(d1 @ d2)
+    den = 1.0 - b * b
+    if den < 1e-9:
+        return float(np.linalg.norm(np.cross(w, d1)))
+    dd, e = float(d1 @ w), float(d2 @ w)
+    s = max((b * e - dd) / den, 0.0)
+    u = max((e - b * dd) / den, 0.0)
+    return float(np.linalg.norm(o1 + s * d1 - o2 - u * d2))
+
+
+def _triangulate(o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Least-squares point nearest to all rays."""
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+    return np.linalg.solve(proj.sum(0), (proj @ o[:, :, None]).sum(0)).ravel()
+
+
+def point_box_distance(p: np.ndarray, boxes: list[Box]) -> float:
+    c, h, cs, sn = box_frames(boxes)
+    dd = p[None] - c
+    x = dd[:, 0] * cs + dd[:, 1] * sn
+    y = -dd[:, 0] * sn + dd[:, 1] * cs
+    q = np.maximum(np.abs(np.stack([x, y, dd[:, 2]], -1)) - h, 0.0)
+    return float(np.sqrt((q * q).sum(-1)).min())
+
+
+def _reach_interval(o: np.ndarray, d: np.ndarray, body: np.ndarray, reach: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Ray parameter interval [lo, hi] where the ray point is within ``reach`` horizontally of ``body`` and
+    at a plausible hand height."""
+    # horizontal: |o_xy + s d_xy - body|^2 <= reach^2
+    p = o[:, :2] - body
+    qa = (d[:, :2] ** 2).sum(1)
+    qb = 2 * (p * d[:, :2]).sum(1)
+    qc = (p ** 2).sum(1) - reach ** 2
+    disc = qb * qb - 4 * qa * qc
+    good = (disc >= 0) & (qa > 1e-12)
+    sq = np.sqrt(np.where(good, disc, 0.0))
+    qa_safe = np.where(qa > 1e-12, qa, 1.0)
+    lo = np.where(good, (-qb - sq) / (2 * qa_safe), 0.0)
+    hi = np.where(good, (-qb + sq) / (2 * qa_safe), -1.0)
+    # vertical: 0.2 <= z <= 2.3
+    dz = np.where(np.abs(d[:, 2]) > 1e-9, d[:, 2], 1e-9)
+    z_a = (0.2 - o[:, 2]) / dz
+    z_b = (2.3 - o[:, 2]) / dz
+    lo = np.maximum(lo, np.maximum(np.minimum(z_a, z_b), 0.0))
+    hi = np.minimum(hi, np.maximum(z_a, z_b))
+    return lo, hi
+
+
+def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
+              cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
+    """Score every shopper present around the event and pick the most likely one."""
+    t0, t1 = t_start - cfg.window_pad_s, t_end + cfg.window_pad_s
+    scores: dict[str, float] = {}
+    wdist: dict[str, float] = {}
+    cams_of: dict[str, list[str]] = {}
+    for slot, info in enumerate(floor.info):
+        if eligible is not None and info.id not in eligible:
+            continue
+        pts = [p for p in info.path if t0 <= p[0] <= t1]
+        if not pts:
+            continue
+        body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
+        if body > cfg.candidate_radius_m:
+            continue
+        _, per, cams = wrist_distances(floor, slot, t0, t1, boxes, cfg)
+        finite = np.sort(per[np.isfinite(per)])
+        # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
+        dw = float(finite[min(cfg.persist_instants, finite.size) - 1]) if finite.size else cfg.no_wrist_distance_m
+        wdist[info.id] = dw
+        cams_of[info.id] = cams
+        body_excess = max(0.0, body - cfg.body_free_m)
+        log_score = -0.5 * (dw / cfg.wrist_sd_m) ** 2 - 0.5 * (body_excess / cfg.body_sd_m) ** 2
+        scores[info.id] = log_score
+    if not scores:
+        return Association(None, 0.0, 0.0, None, None, {}, [], True, "no shopper near the lanes")
+    ids = sorted(scores, key=lambda s: (-scores[s], s))
+    top = scores[ids[0]]
+    weights = {s: math.exp(scores[s] - top) for s in ids}
+    total = sum(weights.values())
+    probs = {s: weights[s] / total for s in ids}
+    best = ids[0]
+    p = probs[best]
+    runner = ids[1] if len(ids) > 1 else None
+    margin = p - (probs[runner] if runner else 0.0)
+    reason = ""
+    if margin < cfg.min_margin:
+        reason = f"margin {margin:.2f} to {runner} below {cfg.min_margin}"
+    elif wdist[best] > cfg.max_wrist_distance_m:
+        reason = f"no wrist seen within {cfg.max_wrist_distance_m} m of the lane"
+    return Association(best, p, margin, runner, wdist[best], probs, cams_of[best], bool(reason), reason)

@@ -1,0 +1,94 @@
+"""Virtual carts: append-only logs of lines (pick, put-back, misplaced return, ops adjustment).
+
+A line never changes once written; totals and the receipt are derived from the lines.  A put-back removes from
+the cart of the shopper who put it back, matching the product among that cart's items by the shelf's weight
+candidates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from calibration.store import Store
+
+
+@dataclass(frozen=True)
+class Line:
+    line_id: str
+    kind: str  # pick | put_back | misplaced_return | adjustment
+    sku: str
+    qty: int  # signed: positive adds to the cart
+    unit_price: int
+    confidence: float
+    margin: float
+    uncertain: bool
+    t: float
+    event_id: str | None = None
+    shopper: str | None = None
+    runner_up: str | None = None
+    cameras: tuple[str, ...] = ()
+    reason: str = ""
+    lanes: tuple[str, ...] = ()
+
+    @property
+    def amount(self) -> int:
+        return self.qty * self.unit_price
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["cameras"] = list(self.cameras)
+        d["lanes"] = list(self.lanes)
+        d["amount"] = self.amount
+        return d
+
+
+@dataclass
+class Cart:
+    visit: str
+    lines: list[Line] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)  # reasons to hold the visit for review
+
+    def append(self, line: Line) -> None:
+        if any(ln.line_id == line.line_id for ln in self.lines):
+            return  # the same evidence applied twice (replay after restart): once only
+        self.lines.append(line)
+
+    def holdings(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for ln in self.lines:
+            c[ln.sku] += ln.qty
+        return c
+
+    @property
+    def total(self) -> int:
+        return sum(ln.amount for ln in self.lines)
+
+    @property
+    def uncertain(self) -> bool:
+        return any(ln.uncertain for ln in self.lines) or bool(self.issues)
+
+    def receipt_lines(self, store: Store) -> list[dict]:
+        """Net quantity per SKU (positive only), priced from the lines themselves."""
+        out = []
+        price: dict[str, int] = {}
+        flagged: set[str] = set()
+        for ln in self.lines:
+            price.setdefault(ln.sku, ln.unit_price)
+            if ln.uncertain:
+                flagged.add(ln.sku)
+        for sku, qty in sorted(self.holdings().items()):
+            if qty > 0:
+                p = store.products.get(sku)
+                out.append({"sku": sku, "name": p.name if p else sku, "qty": qty, "unit_price": price[sku],
+                            "amount": qty * price[sku], "uncertain": sku in flagged})
+        return out
+
+
+def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]]) -> tuple[str, int, float] | None:
+    """The candidate (sku, qty, p) a put-back most likely returns, among what the cart holds."""
+    held = cart.holdings()
+    fitting = [c for c in candidates if held.get(c[0], 0) >= c[1]]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda c: (c[2], c[0]))

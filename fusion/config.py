@@ -1,0 +1,77 @@
+"""Fusion settings: every threshold of the floor tracker, the association and checkout, with its reason.
+
+Defaults are what the evaluation on simulator sessions was tuned with; a store can override them in a YAML
+file given to ``walkout fusion --config``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class FloorConfig(_Cfg):
+    process_noise: float = Field(1.5, gt=0, title="Acceleration noise", description="m/s^2, constant-velocity KF")
+    min_meas_sd: float = Field(0.05, gt=0, title="Minimum measurement sd", description="m, added to floor_cov")
+    gate_chi2: float = Field(16.0, gt=0, title="Gate", description="Mahalanobis^2 gate for a new camera track")
+    link_gate_chi2: float = Field(60.0, gt=0, title="Link gate",
+                                  description="Mahalanobis^2 gate for a (camera, track) already linked")
+    link_bonus: float = Field(0.2, gt=0, le=1, title="Link bonus",
+                              description="Cost factor for an existing (camera, track) link: keeps ids sticky")
+    lost_after_s: float = Field(1.0, gt=0, title="Lost after", description="Seconds unseen before 'lost'")
+    recover_radius_m: float = Field(1.5, gt=0, title="Recovery radius",
+                                    description="Base radius to give a lost shopper a new camera track")
+    recover_speed_mps: float = Field(1.2, ge=0, title="Recovery speed",
+                                     description="Radius grows by this per second lost")
+    dedupe_radius_m: float = Field(0.45, gt=0, title="Duplicate radius",
+                                   description="An unmatched track this close to a shopper the camera does not "
+                                               "already see is that shopper, not a new one")
+    spawn_margin_m: float = Field(1.0, ge=0, title="Spawn margin",
+                                  description="New shoppers appear within this distance of an entry gate")
+    exit_margin_m: float = Field(1.0, ge=0, title="Exit margin",
+                                 description="A shopper lost within this distance of an exit has left")
+    max_speed_mps: float = Field(2.5, gt=0, title="Maximum speed", description="Clamp on the filtered velocity")
+    history_s: float = Field(40.0, gt=0, title="History", description="Seconds of positions and wrists kept")
+
+
+class AssociationConfig(_Cfg):
+    window_pad_s: float = Field(0.6, ge=0, title="Window padding",
+                                description="Seconds added around a shelf event's window (clock skew, latency)")
+    candidate_radius_m: float = Field(1.8, gt=0, title="Candidate radius",
+                                      description="Shoppers farther than this from the lanes are not candidates")
+    reach_m: float = Field(1.0, gt=0, title="Reach", description="Horizontal reach of a wrist from the body")
+    wrist_sd_m: float = Field(0.05, gt=0, title="Wrist sd", description="Spread of wrist-to-lane distances")
+    persist_instants: int = Field(3, ge=1, title="Persistence",
+                                  description="The wrist distance is the k-th smallest over the window's instants")
+    body_free_m: float = Field(0.75, ge=0, title="Body free distance",
+                               description="Body-to-lane distance that costs nothing")
+    body_sd_m: float = Field(0.35, gt=0, title="Body sd", description="Spread beyond body_free_m")
+    no_wrist_distance_m: float = Field(0.45, gt=0, title="Unseen wrist distance",
+                                       description="Distance assumed for a shopper whose wrists were never seen")
+    min_margin: float = Field(0.5, ge=0, le=1, title="Minimum margin",
+                              description="A line whose winner leads the runner-up by less is uncertain")
+    max_wrist_distance_m: float = Field(0.3, gt=0, title="Maximum wrist distance",
+                                        description="If the best wrist is farther from the lane, uncertain")
+    min_candidate_p: float = Field(0.8, ge=0, le=1, title="Minimum product probability",
+                                   description="A product identification below this is uncertain")
+    delay_s: float = Field(0.3, ge=0, title="Association delay",
+                           description="Event-time wait after a shelf event's end before associating it")
+
+
+class CheckoutConfig(_Cfg):
+    settle_delay_s: float = Field(0.4, ge=0, title="Settle delay",
+                                  description="Event-time wait after the last exit before settling")
+    hold_amount: int = Field(5000, ge=0, title="Entry hold", description="Minor units held at entry")
+    stale_device_s: float = Field(3.0, gt=0, title="Stale device",
+                                  description="A camera silent this long counts as offline")
+
+
+class FusionConfig(_Cfg):
+    lateness_s: float = Field(0.3, ge=0, title="Watermark lateness",
+                              description="Messages are processed in time order once the clock is this far past")
+    floor: FloorConfig = Field(default_factory=FloorConfig)
+    association: AssociationConfig = Field(default_factory=AssociationConfig)
+    checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)

@@ -1,0 +1,349 @@
+"""The fusion engine: tracks, gate scans, shelf events and device status in; cart changes and settled visits
+out.  Pure and deterministic: no I/O, no wall clock.
+
+Time is event time.  Messages wait in a reorder buffer and are processed in (ts, source, seq) order once the
+clock (the newest capture time seen) is ``lateness_s`` past them, so the order in which the broker delivers
+them does not change the result and a replay gives the same carts as the live run.  A shelf event is associated
+once the clock passes its end by ``association.delay_s``; a visit is settled once the clock passes its last
+exit by ``checkout.settle_delay_s`` and no earlier shelf event is still waiting.
+
+The whole engine pickles (``snapshot``/``restore``): the service stores snapshots in the database and replays
+the messages committed after the last one, which gives the same state after a crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel
+
+from calibration.store import Store
+from fusion.association import Association, associate
+from fusion.carts import Cart, Line, choose_put_back
+from fusion.config import FusionConfig
+from fusion.floor import LEFT, FloorTracker, TrackObs
+from fusion.visits import Visit, Visits
+from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
+
+log = logging.getLogger(__name__)
+
+_RANK = {GateEntryMsg: 0, StatusMsg: 1, TracksMsg: 2, ShelfEventMsg: 3}
+
+
+# ------------------------------------------------------------------------------------------------ effects
+@dataclass(frozen=True)
+class CartChanged:
+    visit: str
+    account: str
+    lines: tuple[Line, ...]
+    total: int
+    state: str  # open | settling | closed
+
+
+@dataclass(frozen=True)
+class VisitOpened:
+    visit: str
+    account: str
+    gate: str
+    party_size: int
+    ts: float
+
+
+@dataclass(frozen=True)
+class VisitSettled:
+    visit: str
+    account: str
+    decision: str  # charge | no_charge | hold
+    lines: tuple[dict, ...]  # receipt lines
+    total: int
+    reasons: tuple[str, ...]
+    entered_at: float
+    exited_at: float
+    settled_at: float
+    shoppers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unassigned:
+    """A shelf event that could not be put in any visit's cart (held for ops review)."""
+
+    event_id: str
+    reason: str
+    shelf: str
+    ts: float
+    candidates: tuple[tuple[str, int, float], ...]
+    shopper: str | None
+
+
+Effect = CartChanged | VisitOpened | VisitSettled | Unassigned
+
+
+@dataclass
+class _Pending:
+    due: float
+    msg: ShelfEventMsg
+
+
+@dataclass
+class EngineStats:
+    processed: Counter = field(default_factory=Counter)
+    late: int = 0
+
+
+class FusionEngine:
+    def __init__(self, store: Store, config: FusionConfig | None = None):
+        self.store = store
+        self.cfg = config or FusionConfig()
+        self.floor = FloorTracker(store, self.cfg.floor)
+        self.visits = Visits(store)
+        self.carts: dict[str, Cart] = {}
+        self.clock = 0.0  # newest capture time seen
+        self.processed_until = 0.0
+        self._buffer: list[tuple[float, int, str, int, int, BaseModel]] = []
+        self._tiebreak = 0
+        self._events: list[_Pending] = []
+        self._settle: dict[str, float] = {}  # visit -> due time
+        self.offline: dict[str, list[list[float]]] = {}  # device -> [[from, to or inf], ...]
+        self.camera_seen: dict[str, float] = {}
+        self.stats = EngineStats()
+        self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
+
+    # ------------------------------------------------------------------------------------------ input
+    def offer(self, msg: BaseModel) -> list[Effect]:
+        """Add one validated message; returns the effects of everything that became due."""
+        ts = float(msg.ts)
+        if ts < self.processed_until:
+            self.stats.late += 1
+            log.debug("late message from %s seq %s (%.3f < %.3f)", msg.source, msg.seq, ts, self.processed_until)
+        self._tiebreak += 1
+        heapq.heappush(self._buffer, (ts, _RANK.get(type(msg), 9), msg.source, msg.seq, self._tiebreak, msg))
+        self.clock = max(self.clock, ts)
+        return self.advance(self.clock - self.cfg.lateness_s)
+
+    def advance(self, until: float) -> list[Effect]:
+        """Process everything due up to event time ``until``."""
+        out: list[Effect] = []
+        while self._buffer and self._buffer[0][0] <= until:
+            msg = heapq.heappop(self._buffer)[-1]
+            self.processed_until = max(self.processed_until, float(msg.ts))
+            out.extend(self._process(msg))
+            out.extend(self._due(self.processed_until))
+        out.extend(self._due(until))
+        return out
+
+    def finish(self) -> list[Effect]:
+        """End of input (end of a replay): process everything buffered and settle what has ended."""
+        out = self.advance(float("inf") if not self._buffer else max(m[0] for m in self._buffer))
+        out.extend(self._due(float("inf")))
+        return out
+
+    # ------------------------------------------------------------------------------------------ dispatch
+    def _process(self, msg: BaseModel) -> list[Effect]:
+        self.stats.processed[type(msg).__name__] += 1
+        if isinstance(msg, TracksMsg):
+            return self._tracks(msg)
+        if isinstance(msg, ShelfEventMsg):
+            self._events.append(_Pending(msg.t_end + self.cfg.association.delay_s, msg))
+            return []
+        if isinstance(msg, GateEntryMsg):
+            return self._entry(msg)
+        if isinstance(msg, StatusMsg):
+            self._status(msg)
+            return []
+        return []
+
+    def _tracks(self, msg: TracksMsg) -> list[Effect]:
+        self.camera_seen[msg.camera] = msg.ts
+        obs = []
+        for t in msg.tracks:
+            wrists = []
+            for side, kp in ((0, t.lwrist), (1, t.rwrist)):
+                if kp is not None and kp.ray is not None and kp.conf > 0.2:
+                    wrists.append((side, np.asarray(kp.ray.origin), np.asarray(kp.ray.dir), kp.conf))
+            obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists))
+        before = {i for i, s in enumerate(self.floor.state) if s == LEFT}
+        self.floor.update(msg.camera, msg.ts, obs)
+        out = self._bind(msg.ts)
+        now_left = {i for i, s in enumerate(self.floor.state) if s == LEFT} - before
+        for i in sorted(now_left):
+            out.extend(self._shopper_left(self.floor.info[i].id, msg.ts))
+        if len(self.floor.info) and self.stats.processed["TracksMsg"] % 200 == 0:
+            self.floor.prune(msg.ts)
+        return out
+
+    def _bind(self, ts: float) -> list[Effect]:
+        if not self.visits.pending(ts):
+            return []
+        cands = []
+        for i, inf in enumerate(self.floor.info):
+            if self.floor.state[i] != LEFT and inf.origin == "gate" and inf.id not in self.visits.by_shopper:
+                cands.append((inf.id, inf.created_t, self.floor.position(i)))
+        for sid, vid in self.visits.bind(ts, cands):
+            self.floor.shopper(sid).visit = vid
+        return []
+
+    def _entry(self, msg: GateEntryMsg) -> list[Effect]:
+        v = self.visits.scan(msg.gate, msg.account, msg.party_size, msg.ts)
+        if v.id in self.carts:
+            return []
+        self.carts[v.id] = Cart(v.id)
+        self._bind(msg.ts)
+        return [VisitOpened(v.id, v.account, v.gate, v.party_size, msg.ts)]
+
+    def _status(self, msg: StatusMsg) -> None:
+        spans = self.offline.setdefault(msg.device, [])
+        at = max(self.processed_until, msg.ts) if msg.state != "online" else msg.ts
+        if msg.state in ("offline", "stopped"):
+            if not spans or spans[-1][1] != float("inf"):
+                spans.append([at, float("inf")])
+        elif spans and spans[-1][1] == float("inf"):
+            spans[-1][1] = max(msg.ts, spans[-1][0])
+
+    def _shopper_left(self, sid: str, ts: float) -> list[Effect]:
+        vid = self.visits.by_shopper.get(sid)
+        if vid is None:
+            return []
+        return self._maybe_close(self.visits.visits[vid], ts)
+
+    def _maybe_close(self, v: Visit, now: float) -> list[Effect]:
+        """Close a visit whose shoppers have all left (or that never got one), and schedule its settling."""
+        if v.exited_at is not None:
+            return []
+        waited = now - v.entered_at > self.visits.bind_after_s
+        if not v.shoppers:
+            if not waited:
+                return []
+            exited = v.entered_at + self.visits.bind_after_s
+        else:
+            exits = [self.floor.shopper(s).exited_t for s in v.shoppers]
+            if any(e is None for e in exits) or (v.open_slots > 0 and not waited):
+                return []
+            exited = max(e for e in exits if e is not None)
+        v.exited_at = exited
+        self._settle[v.id] = max(exited, now) + self.cfg.checkout.settle_delay_s
+        return [self._cart_effect(v, "settling")]
+
+    # ------------------------------------------------------------------------------------------ timers
+    def _due(self, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        if now != float("inf"):
+            for v in self.visits.pending_close(now, self.visits.bind_after_s):
+                out.extend(self._maybe_close(v, now))
+        if self._events:
+            ready = sorted((p for p in self._events if p.due <= now), key=lambda p: (p.msg.t_end, p.msg.event_id))
+            if ready:
+                self._events = [p for p in self._events if p.due > now]
+                for p in ready:
+                    out.extend(self._shelf_event(p.msg))
+        for vid, due in sorted(self._settle.items(), key=lambda kv: (kv[1], kv[0])):
+            v = self.visits.visits[vid]
+            blocked = any(p.msg.t_start <= (v.exited_at or 0) for p in self._events)
+            if due <= now and not blocked:
+                del self._settle[vid]
+                out.append(self._settle_visit(v, due if now == float("inf") else max(due, self.clock)))
+        return out
+
+    # ------------------------------------------------------------------------------------------ shelf events
+    def _shelf_event(self, ev: ShelfEventMsg) -> list[Effect]:
+        boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
+        cands = [(c.sku, c.qty, c.p) for c in sorted(ev.candidates, key=lambda c: (-c.p, c.sku, c.qty))]
+        if not boxes:
+            return [Unassigned(ev.event_id, "event on lanes this store does not have", ev.shelf, ev.ts,
+                               tuple(cands), None)]
+        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association)
+        vid = self.visits.by_shopper.get(a.shopper) if a.shopper else None
+        if vid is None or vid not in self.carts:
+            why = a.reason or ("shopper not bound to a visit" if a.shopper else "no shopper")
+            return [Unassigned(ev.event_id, why, ev.shelf, ev.ts, tuple(cands), a.shopper)]
+        v = self.visits.visits[vid]
+        if v.settled:
+            return [Unassigned(ev.event_id, f"visit {vid} was already settled", ev.shelf, ev.ts,
+                               tuple(cands), a.shopper)]
+        cart = self.carts[vid]
+        line = self._line(ev, a, cands, cart)
+        if line is None:
+            return [self._cart_effect(v, "open")]
+        cart.append(line)
+        return [self._cart_effect(v, "open")]
+
+    def _line(self, ev: ShelfEventMsg, a: Association, cands: list[tuple[str, int, float]],
+              cart: Cart) -> Line | None:
+        cfg = self.cfg.association
+        lanes = tuple(ln.lane for ln in ev.lanes)
+        base = dict(event_id=ev.event_id, shopper=a.shopper, runner_up=a.runner_up, cameras=tuple(a.cameras),
+                    t=ev.t_end, lanes=lanes, margin=round(a.margin, 4))
+        if not cands:
+            cart.issues.append(f"event {ev.event_id}: {ev.action} of {ev.delta_g:.0f} g not identified")
+            return None
+        if ev.action == "pick":
+            sku, qty, p = cands[0]
+            kind = "pick"
+        else:
+            choice = choose_put_back(cart, cands)
+            if choice is None:
+                cart.issues.append(f"event {ev.event_id}: put-back of {cands[0][0]} not in the cart")
+                return None
+            sku, qty, p = choice
+            foreign = any(c.foreign for c in ev.candidates if c.sku == sku)
+            kind = "misplaced_return" if foreign else "put_back"
+            qty = -qty
+        reasons = [a.reason] if a.uncertain else []
+        if p < cfg.min_candidate_p:
+            reasons.append(f"product identification p={p:.2f}")
+        product = self.store.products.get(sku)
+        price = product.price if product else 0
+        if product is None:
+            reasons.append(f"unknown SKU {sku}")
+        return Line(line_id=ev.event_id, kind=kind, sku=sku, qty=qty, unit_price=price,
+                    confidence=round(a.p * p, 4), uncertain=bool(reasons), reason="; ".join(reasons), **base)
+
+    # ------------------------------------------------------------------------------------------ checkout
+    def _devices_down(self, t0: float, t1: float) -> list[str]:
+        down = []
+        for dev, spans in sorted(self.offline.items()):
+            if any(a < t1 and b > t0 for a, b in spans):
+                down.append(dev)
+        stale = self.cfg.checkout.stale_device_s
+        for cam in sorted(c.id for c in self.store.cameras):
+            seen = self.camera_seen.get(cam)
+            if seen is not None and seen < t1 - stale and cam not in down:
+                down.append(cam)
+        return down
+
+    def _settle_visit(self, v: Visit, now: float) -> VisitSettled:
+        v.settled = True
+        cart = self.carts[v.id]
+        lines = tuple(cart.receipt_lines(self.store))
+        total = sum(ln["amount"] for ln in lines)
+        reasons = [ln.reason for ln in cart.lines if ln.uncertain] + list(cart.issues)
+        down = self._devices_down(v.entered_at, v.exited_at or now)
+        if down:
+            reasons.append("offline during the visit: " + ", ".join(down))
+        if len(v.shoppers) < v.party_size:
+            reasons.append(f"party of {v.party_size} but {len(v.shoppers)} shopper(s) tracked")
+        decision = "hold" if reasons else ("charge" if total > 0 else "no_charge")
+        log.info("visit %s settled: %s, total %d", v.id, decision, total)
+        return VisitSettled(v.id, v.account, decision, lines, total, tuple(reasons), v.entered_at,
+                            v.exited_at or now, now, tuple(v.shoppers))
+
+    def _cart_effect(self, v: Visit, state: str) -> CartChanged:
+        cart = self.carts[v.id]
+        return CartChanged(v.id, v.account, tuple(cart.lines), cart.total, state)
+
+    # ------------------------------------------------------------------------------------------ snapshot
+    def snapshot(self) -> bytes:
+        state = {k: val for k, val in self.__dict__.items() if k not in ("store", "cfg", "lane_boxes")}
+        return pickle.dumps(state, protocol=5)
+
+    @classmethod
+    def restore(cls, store: Store, config: FusionConfig | None, blob: bytes) -> FusionEngine:
+        eng = cls(store, config)
+        state = pickle.loads(blob)  # our own snapshot from our own database
+        eng.__dict__.update(state)
+        eng.floor.cfg = eng.cfg.floor
+        return eng
