@@ -1,0 +1,58 @@
+"""Floor projection from the head ray, for pinhole and fisheye ceiling cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.camera import Camera
+from edge.projection import ProjectionConfig, floor_positions, keypoint_rays
+
+CAMS = [
+    Camera.look_at("p", "pinhole", (640, 480), [[330, 0, 320], [0, 330, 240], [0, 0, 1]], [-0.2, 0.05, 0, 0, 0],
+                   (3, 3, 3.2), (3.4, 3.4, 0)),
+    Camera.look_at("f", "fisheye", (640, 480), [[260, 0, 320], [0, 260, 240], [0, 0, 1]], [0.03, -0.01, 0, 0],
+                   (6, 4, 3.3), (6, 4.01, 0)),
+]
+
+
+@pytest.mark.parametrize("cam", CAMS, ids=lambda c: c.model)
+def test_head_at_assumed_height_lands_on_its_floor_point(cam):
+    rng = np.random.default_rng(1)
+    xy = cam.position[:2] + rng.uniform(-2, 2, (50, 2))
+    heads = np.c_[xy, np.full(50, ProjectionConfig.head_height_m)]
+    uv, ok = cam.project(heads)
+    p = floor_positions(cam, np.c_[uv - 20, uv + 20][ok], np.c_[uv, np.ones(50)][ok])
+    assert p.ok.all()
+    np.testing.assert_allclose(p.floor, xy[ok], atol=1e-6)
+
+
+@pytest.mark.parametrize("cam", CAMS, ids=lambda c: c.model)
+def test_covariance_grows_off_axis_and_is_valid(cam):
+    below = np.r_[cam.position[:2], 1.6]
+    far = np.r_[cam.position[:2] + [2.5, 0.5], 1.6]
+    uv, ok = cam.project(np.stack([below, far]))
+    assert ok.all()
+    p = floor_positions(cam, np.c_[uv - 20, uv + 20], np.c_[uv, [1.0, 1.0]])
+    xx, xy, yy = p.cov.T
+    assert (xx > 0).all() and (yy > 0).all() and (xy ** 2 <= xx * yy + 1e-12).all()
+    assert xx[1] + yy[1] > xx[0] + yy[0]
+
+
+def test_without_head_the_box_centre_is_used_with_a_wider_covariance():
+    cam = CAMS[0]
+    uv, _ = cam.project(np.array([[3.5, 3.2, 1.0]]))
+    box = np.c_[uv - 30, uv + 30]
+    no_head = floor_positions(cam, box, np.array([[0.0, 0.0, 0.0]]))
+    with_head = floor_positions(cam, box, np.c_[uv, [1.0]])
+    np.testing.assert_allclose(no_head.floor[0], [3.5, 3.2], atol=1e-6)
+    assert no_head.cov[0, 0] > with_head.cov[0, 0]
+
+
+def test_wrist_rays_pass_through_the_wrist():
+    cam = CAMS[1]
+    w = np.array([[6.5, 4.4, 1.0], [5.2, 3.1, 0.8]])
+    uv, ok = cam.project(w)
+    o, d = keypoint_rays(cam, uv)
+    s = np.linalg.norm(w - o, axis=1)
+    np.testing.assert_allclose(o + d * s[:, None], w, atol=1e-6)
