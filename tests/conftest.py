@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = (ROOT / ".." / "shared" / "realdata").resolve()
 
-pytest_plugins: list[str] = ["tests.fixtures_db"]
+pytest_plugins: list[str] = ["tests.fixtures_db", "tests.fixtures_mqtt"]
 
 
 def free_port() -> int:

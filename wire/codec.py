@@ -66,6 +66,7 @@ _KEY_FIELD = {
     Kind.STATUS: "device",
     Kind.CART: "visit",
     Kind.RECEIPT: "visit",
+    Kind.ACCOUNT: "account",
 }
 
 

@@ -237,6 +237,18 @@ class ReceiptMsg(Envelope):
         return self
 
 
+# --------------------------------------------------------------------------------------------- accounts
+class AccountStatusMsg(Envelope):
+    """An account's standing, retained per account: ``blocked`` after a failed payment (the entry gate
+    refuses the account), ``ok`` again once a payment succeeds."""
+
+    account: Ident
+    state: Literal["ok", "blocked"]
+    reason: Text = ""
+    failure_code: Ident | None = Field(None, title="Payment provider's failure code, when blocked")
+    visit: Ident | None = Field(None, title="Visit whose payment set this state")
+
+
 # --------------------------------------------------------------------------------------------- load cells
 class LoadCellMsg(Envelope):
     """A block of raw load-cell samples of one shelf: ``samples[i][j]`` is lane ``lanes[j]`` at

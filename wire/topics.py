@@ -13,6 +13,7 @@ from enum import Enum
 from pydantic import BaseModel
 
 from wire.messages import (
+    AccountStatusMsg,
     CartSnapshotMsg,
     GateEntryMsg,
     LoadCellMsg,
@@ -34,13 +35,14 @@ class Kind(str, Enum):
     STATUS = "status"
     CART = "cart"
     RECEIPT = "receipt"
+    ACCOUNT = "account"
 
 
 @dataclass(frozen=True)
 class TopicSpec:
     kind: Kind
     pattern: str  # with {store} and one {key} placeholder
-    key: str  # name of the id in the topic after the store (camera, shelf, gate, device, visit)
+    key: str  # name of the id in the topic after the store (camera, shelf, gate, device, visit, account)
     model: type[BaseModel]
     publisher: str
     qos: int
@@ -69,6 +71,8 @@ TOPICS: dict[Kind, TopicSpec] = {
                   "fusion", 1, True, "live cart snapshot of a visit"),
         TopicSpec(Kind.RECEIPT, PREFIX + "/{store}/receipts/{visit}", "visit", ReceiptMsg,
                   "fusion", 1, False, "final receipt of a visit: lines, totals, charge status"),
+        TopicSpec(Kind.ACCOUNT, PREFIX + "/{store}/accounts/{account}", "account", AccountStatusMsg,
+                  "fusion", 1, True, "account standing: blocked after a failed payment (the gate refuses it)"),
     )
 }
 

@@ -13,7 +13,14 @@ Contract
   topics, in arrival order, on the transport's delivery thread.  The message is acknowledged to the broker
   only after the handler returns; if it raises, it is not acknowledged (the broker delivers it again after a
   reconnect) and counted under ``failed``.  Invalid payloads are counted under ``rejected`` and logged,
-  duplicates by (``source``, ``seq``) under ``duplicate``; neither reaches the handler.
+  duplicates by (``source``, ``seq``) under ``duplicate``; neither reaches the handler.  Subscribe before
+  ``start()``: a persistent session may deliver queued messages the moment it connects.  Several handlers
+  matching one message run in subscription order; if one raises, all of them see the redelivery.
+* De-duplication: a message is marked seen in ``transport.dedup`` *before* its handler runs and unmarked if
+  the handler raises, so a handler that stores ``dedup.export_state()`` in the same transaction as its own
+  work (e.g. fusion) restarts with exactly the messages it committed.  Status messages only get exact-repeat
+  suppression (:class:`~wire.dedup.RecentSet`, not persisted): the last will's ``seq`` is fixed when its
+  connection opens, so a window would take it for a stale duplicate.
 * ``seq()`` hands out this source's next sequence number (monotonic, also across restarts).
 * ``start()`` connects (retrying with backoff in the background) and publishes a retained ``online`` status;
   the last will is a retained ``offline``; ``stop()`` publishes ``stopped``, flushes and disconnects.
@@ -21,14 +28,21 @@ Contract
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from wire.topics import Kind, TopicInfo
+from wire.codec import WireError, decode, encode
+from wire.dedup import Deduplicator, RecentSet
+from wire.messages import StatusMsg
+from wire.topics import TOPICS, Kind, TopicInfo, subscription, topic
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[TopicInfo, BaseModel], None]
 
@@ -37,7 +51,13 @@ COUNTER_NAMES = ("received", "rejected", "duplicate", "failed", "published", "qu
 
 @dataclass
 class Counters:
-    """Message counters of one transport; ``queued`` is the outbox's current size, the rest are totals."""
+    """Message counters of one transport; ``queued`` is the outbox's current size, the rest are totals.
+
+    Inbound: ``received`` (every message that arrived), ``rejected`` (invalid payload or topic),
+    ``duplicate`` (already seen), ``failed`` (a handler raised, no handler matched, or, MQTT 5 only, the
+    broker refused one of our publishes, e.g. by its ACL).  Outbound:
+    ``published`` (accepted by ``publish()``), ``delivered`` (acknowledged by the broker, left the outbox).
+    """
 
     received: int = 0
     rejected: int = 0
@@ -67,6 +87,7 @@ class Transport(ABC):
     store: str
     device: str
     counters: Counters
+    dedup: Deduplicator
 
     @property
     @abstractmethod
@@ -95,3 +116,142 @@ class Transport(ABC):
     @abstractmethod
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the outbox is empty (everything acknowledged); False on timeout."""
+
+    @abstractmethod
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until started, connected and the subscriptions are in place; False on timeout."""
+
+
+# ----------------------------------------------------------------------------------- shared by transports
+@dataclass(frozen=True)
+class Outbound:
+    """A message ready for the wire: topic, encoded payload, and QoS/retain from the topic table."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+def prepare(kind: Kind, store: str, key: str, msg: BaseModel) -> Outbound:
+    """Check that ``msg`` belongs on ``kind``'s topic for ``key`` and encode it.
+
+    Raises ``TypeError`` for a model of the wrong type and :class:`WireError` for an id that does not match
+    the topic (the receivers would reject it).
+    """
+    spec = TOPICS[kind]
+    if type(msg) is not spec.model:
+        raise TypeError(f"{kind.value} carries {spec.model.__name__}, not {type(msg).__name__}")
+    name = topic(kind, store, key)
+    if getattr(msg, spec.key) != key:
+        raise WireError(name, spec.key, f"{getattr(msg, spec.key)!r} does not match the topic's {key!r}")
+    return Outbound(name, encode(msg), spec.qos, spec.retained)
+
+
+def status_message(device: str, kind: str, state: str, seq: int, version: str = "", config_hash: str = "",
+                   counters: dict[str, int] | None = None) -> StatusMsg:
+    """The status a transport publishes (``online``, ``stopped``) or leaves as last will (``offline``)."""
+    return StatusMsg(source=device, seq=seq, ts=time.time(), device=device, kind=kind, state=state,
+                     version=version, config_hash=config_hash,
+                     counters={k: min(v, 10**6) for k, v in (counters or {}).items()})
+
+
+class RateLimitedLog:
+    """Logs a warning at most once per ``interval`` seconds per key, then says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0):
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, fmt: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._last.get(key, (-1e18, 0))
+            if now - last < self.interval:
+                self._last[key] = (last, suppressed + 1)
+                return
+            self._last[key] = (now, 0)
+        if suppressed:
+            fmt += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        self.logger.warning(fmt, *args, exc_info=exc_info)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    kind: Kind
+    store: str
+    key: str  # an id or "+"
+    handler: Handler
+
+    @property
+    def filter(self) -> str:
+        return subscription(self.kind, self.store, self.key)
+
+    def matches(self, info: TopicInfo) -> bool:
+        return info.kind is self.kind and info.store == self.store and self.key in ("+", info.key)
+
+
+class Dispatcher:
+    """The inbound half of every transport: decode, de-duplicate, call the handlers, count.
+
+    :meth:`handle` takes one raw message and returns whether it may be acknowledged; it never raises.
+    Both transports feed it, so they count and filter identically.
+    """
+
+    def __init__(self, counters: Counters, dedup: Deduplicator, name: str):
+        self.counters = counters
+        self.dedup = dedup
+        self.name = name
+        self.recent_status = RecentSet()
+        self._subs: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._log = RateLimitedLog(log)
+
+    def add(self, sub: Subscription) -> bool:
+        """Register a subscription; False if its filter was registered before (a new handler on it)."""
+        with self._lock:
+            known = any(s.filter == sub.filter for s in self._subs)
+            self._subs.append(sub)
+        return not known
+
+    def subscriptions(self) -> list[Subscription]:
+        with self._lock:
+            return list(self._subs)
+
+    def handle(self, topic_name: str | None, payload: bytes) -> bool:
+        """Process one arrival; True: acknowledge it (handled, duplicate or invalid), False: do not."""
+        self.counters.add("received")
+        if topic_name is None:
+            self.counters.add("rejected")
+            self._log.warning("topic", "%s: rejected a message whose topic is not UTF-8", self.name)
+            return True
+        try:
+            info, msg = decode(topic_name, payload)
+        except WireError as exc:
+            self.counters.add("rejected")
+            self._log.warning(f"rejected:{topic_name}", "%s: rejected %s", self.name, exc)
+            return True
+        handlers = [s.handler for s in self.subscriptions() if s.matches(info)]
+        if not handlers:
+            self.counters.add("failed")
+            self._log.warning(f"nohandler:{topic_name}", "%s: no handler for %s; left unacknowledged",
+                              self.name, topic_name)
+            return False
+        seen = self.recent_status if info.kind is Kind.STATUS else self.dedup
+        source, seq = msg.source, msg.seq  # type: ignore[attr-defined]
+        if not seen.add(source, seq):
+            self.counters.add("duplicate")
+            return True
+        for handler in handlers:
+            try:
+                handler(info, msg)
+            except Exception:  # noqa: BLE001 - a handler's failure must not stop the transport
+                self.counters.add("failed")
+                seen.discard(source, seq)
+                self._log.warning(f"failed:{topic_name}", "%s: handler for %s (source %s, seq %s) raised; "
+                                  "left unacknowledged", self.name, topic_name, source, seq, exc_info=True)
+                return False
+        return True
