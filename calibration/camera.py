@@ -3,7 +3,9 @@
 The same code projects for the simulator's renderer, the calibration tool and the edge pipeline, so a point
 rendered at a pixel is read back at the same place.  Conventions are OpenCV's: the pose is ``rvec``/``tvec``
 taking store-frame points into the camera frame (x right, y down, z forward).  All functions are vectorised:
-points come in as ``(N, 3)`` arrays, pixels as ``(N, 2)``.
+points come in as ``(N, 3)`` arrays, pixels as ``(N, 2)``.  Pixel coordinates are continuous with the image
+spanning ``[0, W] x [0, H]``: pixel ``(i, j)``'s centre is ``(i + 0.5, j + 0.5)`` (OpenCV's corner detectors
+put it on the integer; ``calibration.intrinsics.CV_TO_MODEL`` converts).
 
 Distortion is evaluated here in numpy (the forward model is checked against ``cv2.projectPoints`` and
 ``cv2.fisheye.projectPoints`` in the tests) and inverted with Newton's method to 1e-12, which is what makes
@@ -216,23 +218,40 @@ class Camera:
             r = np.tan(th)
             scale = np.where(rd > 1e-12, r / np.maximum(rd, 1e-300), 1.0)
             return xyd * scale[:, None]
-        xy = xyd.copy()
-        h = 1e-7
+        # Pinhole: 2-D Newton with the analytic Jacobian, iterating only the points not yet converged.
+        xy = np.array(xyd, float, copy=True)
+        active = np.arange(len(xy))
         for _ in range(iters):
-            f = self._distort(xy) - xyd
-            fx = (self._distort(xy + [h, 0]) - self._distort(xy - [h, 0])) / (2 * h)
-            fy = (self._distort(xy + [0, h]) - self._distort(xy - [0, h])) / (2 * h)
-            a, c = fx[:, 0], fx[:, 1]
-            b, d = fy[:, 0], fy[:, 1]
+            if active.size == 0:
+                break
+            p = xy[active]
+            f = self._distort(p) - xyd[active]
+            a, b, c, d = self._distort_jacobian(p)  # [[a, b], [c, d]] = d(xd, yd) / d(x, y)
             det = a * d - b * c
             det = np.where(np.abs(det) < 1e-12, 1e-12, det)
             dx = (d * f[:, 0] - b * f[:, 1]) / det
             dy = (-c * f[:, 0] + a * f[:, 1]) / det
-            xy[:, 0] -= dx
-            xy[:, 1] -= dy
-            if np.max(np.abs(dx) + np.abs(dy), initial=0) < 1e-15:
-                break
+            xy[active, 0] -= dx
+            xy[active, 1] -= dy
+            active = active[np.abs(dx) + np.abs(dy) >= 1e-15]
         return xy
+
+    def _distort_jacobian(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Partial derivatives of the pinhole distortion: ``dxd/dx, dxd/dy, dyd/dx, dyd/dy``."""
+        x, y = xy[:, 0], xy[:, 1]
+        k1, k2, p1, p2, k3, k4, k5, k6 = self.dist
+        r2 = x * x + y * y
+        num = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        den = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        radial = num / den
+        dnum = k1 + r2 * (2 * k2 + 3 * k3 * r2)
+        dden = k4 + r2 * (2 * k5 + 3 * k6 * r2)
+        dradial = (dnum * den - num * dden) / (den * den)     # d radial / d r2
+        xy2 = 2 * x * y * dradial
+        return (radial + 2 * x * x * dradial + 2 * p1 * y + 6 * p2 * x,
+                xy2 + 2 * p1 * x + 2 * p2 * y,
+                xy2 + 2 * p1 * x + 2 * p2 * y,
+                radial + 2 * y * y * dradial + 6 * p1 * y + 2 * p2 * x)
 
     # ---- projection
     def to_camera(self, X: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from walkout import __version__
 COMMANDS = [
     "walkout.commands.store",
     "walkout.commands.edge",
+    "walkout.commands.calibrate",
 ]
 
 log = logging.getLogger("walkout")
