@@ -15,6 +15,7 @@ COMMANDS = [
     "walkout.commands.store",
     "walkout.commands.edge",
     "walkout.commands.calibrate",
+    "walkout.commands.sim",
 ]
 
 log = logging.getLogger("walkout")
