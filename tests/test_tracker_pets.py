@@ -1,0 +1,130 @@
+"""The tracker on the real PETS2009 video (floors a little below what bench/tracker_pets.py measured), and the
+benchmark's own plumbing: score mapping, missing peers, --json and --out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bench import tracker_pets
+from bench.tracker_pets import PeerMissing, bench_file, normalise_scores
+from walkout.mot import MotSequence, read_mot, write_mot
+
+# measured with the default TrackerConfig (bench/tracker_pets.py): HOTA / IDF1 84.6 / 99.0 and 47.7 / 72.0
+FLOORS = {
+    "dets_gt_noisy.txt": {"hota": 0.82, "idf1": 0.96, "mota": 0.95},
+    "dets_hog_upscaled.txt": {"hota": 0.45, "idf1": 0.68, "mota": 0.60},
+}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_pets_floors(realdata, name: str) -> None:
+    folder = realdata / "pets2009_s2l1"
+    gt = read_mot(folder / tracker_pets.GT_FILE)
+    (result,) = bench_file(folder / name, gt, [tracker_pets.OURS], repeat=1)
+    m = result.metrics
+    for key, floor in FLOORS[name].items():
+        assert getattr(m, key) >= floor, f"{name}: {key} {getattr(m, key):.3f} < {floor}"
+    assert m.num_pred_ids <= 2 * m.num_gt_ids  # no flood of short-lived ids
+
+
+@pytest.mark.parametrize(
+    ("scores", "how", "expect", "used"),
+    [
+        ([0.2, 0.9], "auto", [0.2, 0.9], "raw"),
+        ([0.05, 1.0, 6.4], "auto", [1 / (1 + np.exp(0.95)), 0.5, 1 / (1 + np.exp(-5.4))], "margin"),
+        ([0.0, 2.0], "logistic", [0.5, 1 / (1 + np.exp(-2.0))], "logistic"),
+        ([3.0], "raw", [3.0], "raw"),
+        ([], "auto", [], "raw"),
+    ],
+)
+def test_normalise_scores(scores, how: str, expect, used: str) -> None:
+    got, name = normalise_scores(np.array(scores, float), how)
+    np.testing.assert_allclose(got, expect)
+    assert name == used
+
+
+def test_unknown_score_mapping() -> None:
+    with pytest.raises(ValueError, match="unknown score mapping"):
+        normalise_scores(np.ones(2), "sigmoid")
+
+
+def small_files(tmp_path) -> tuple:
+    """Two walkers over 30 frames as ground truth, and jittered detections with scores of them."""
+    rng = np.random.default_rng(1)
+    frames, ids, boxes = [], [], []
+    for f in range(1, 31):
+        for g, (x, y) in enumerate([(10 + 5 * f, 50), (300 - 5 * f, 200)], 1):
+            frames.append(f)
+            ids.append(g)
+            boxes.append([x, y, x + 30, y + 80])
+    gt = MotSequence.from_rows(frames, ids, boxes, np.ones(len(ids)))
+    det = MotSequence.from_rows(
+        frames,
+        -np.ones(len(ids), int),
+        np.array(boxes) + rng.normal(0, 1, (len(ids), 4)),
+        rng.uniform(0.7, 1.0, len(ids)),
+    )
+    write_mot(tmp_path / "gt.txt", gt)
+    write_mot(tmp_path / "det.txt", det)
+    return tmp_path / "gt.txt", tmp_path / "det.txt"
+
+
+def test_missing_peers_are_reported_not_raised(tmp_path, monkeypatch) -> None:
+    gt_path, det_path = small_files(tmp_path)
+    for mod in ("ultralytics", "ultralytics.trackers", "trackers", "supervision"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import fails as if not installed
+    with pytest.raises(PeerMissing, match="pip install"):
+        tracker_pets.TRACKERS["roboflow-sort"](10.0)
+    results = bench_file(
+        det_path, read_mot(gt_path), ["walkout", "ultralytics-botsort", "roboflow-bytetrack"], repeat=1
+    )
+    assert [r.tracker for r in results] == ["walkout", "ultralytics-botsort", "roboflow-bytetrack"]
+    assert results[0].metrics.idf1 > 0.9 and results[0].error is None
+    assert "not installed" in results[1].error and "ultralytics==" in results[1].error
+    assert "not installed" in results[2].error and "trackers==" in results[2].error
+    assert results[1].metrics is None
+
+
+def test_main_json_and_out(tmp_path, capsys) -> None:
+    gt_path, det_path = small_files(tmp_path)
+    rc = tracker_pets.main(
+        [
+            "--dets",
+            str(det_path),
+            "--gt",
+            str(gt_path),
+            "--json",
+            "--repeat",
+            "2",
+            "--trackers",
+            "walkout",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["results"]
+    assert row["tracker"] == "walkout" and row["scores"] == "raw"
+    assert row["hota"] > 0.8 and row["id_switches"] == 0 and row["ms_per_frame"] > 0
+    written = read_mot(tmp_path / "out" / "det" / "walkout.txt")
+    assert set(written.ids.tolist()) == {1, 2}
+
+
+def test_main_table_and_missing_file(tmp_path, capsys) -> None:
+    gt_path, det_path = small_files(tmp_path)
+    assert (
+        tracker_pets.main(
+            ["--dets", str(det_path), "--gt", str(gt_path), "--trackers", "walkout", "--repeat", "1"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "walkout" in out and "HOTA" in out
+    assert tracker_pets.main(["--dets", str(tmp_path / "nope.txt"), "--gt", str(gt_path)]) == 2
+    assert "not found" in capsys.readouterr().err
