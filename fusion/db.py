@@ -192,6 +192,298 @@ payment_records = sa.Table(
     ),
 )
 
+# Fusion's own tables (migration 0002; queries in :mod:`fusion.store_db`).  Event times are DOUBLE seconds
+# since the epoch; wall-clock times UtcDateTime.  Retention: see fusion/migrations/v0002_fusion.py.
+
+#: Every input message fusion accepted, in the order it was fed to the engine (``pos``); rows up to the
+#: latest engine snapshot are deleted when the snapshot is written.
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("pos", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("source", "seq"),
+    sqlite_autoincrement=True,  # positions never come back, also after the rows before a snapshot went
+)
+
+#: The engine's state (a pickle of our own objects) after every message up to ``inbox_pos``.
+engine_snapshots = sa.Table(
+    "engine_snapshots",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("inbox_pos", sa.BigInteger, nullable=False),
+    sa.Column("event_ts", sa.Double, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("dedup", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+visits = sa.Table(
+    "visits",
+    metadata,
+    sa.Column("visit", sa.String(64), primary_key=True),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("gate", sa.String(64), nullable=False),
+    sa.Column("party_size", sa.Integer, nullable=False),
+    sa.Column("entered_at", sa.Double, nullable=False),
+    sa.Column("exited_at", sa.Double, nullable=True),
+    sa.Column("settled_at", sa.Double, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("shoppers", Json, nullable=False),
+    sa.Column("hold_id", sa.String(64), nullable=True),
+    sa.Column("hold_status", sa.String(16), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('open', 'settling', 'closed')", name="status"),
+    sa.Index(None, "account"),
+    sa.Index(None, "status"),
+)
+
+#: Append-only: one row per cart line with all its evidence; totals are derived.
+cart_lines = sa.Table(
+    "cart_lines",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("visit", sa.String(64), sa.ForeignKey("visits.visit"), nullable=False),
+    sa.Column("line_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("confidence", sa.Double, nullable=False),
+    sa.Column("margin", sa.Double, nullable=False),
+    sa.Column("uncertain", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("shopper", sa.String(64), nullable=True),
+    sa.Column("runner_up", sa.String(64), nullable=True),
+    sa.Column("cameras", Json, nullable=False),
+    sa.Column("lanes", Json, nullable=False),
+    sa.Column("t", sa.Double, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("visit", "line_id"),
+    sa.Index(None, "event_id"),
+)
+
+#: One receipt per visit; ``status`` is ``pending`` between the row and the payment's outcome.
+receipts = sa.Table(
+    "receipts",
+    metadata,
+    sa.Column("visit", sa.String(64), sa.ForeignKey("visits.visit"), primary_key=True),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("total", Money, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("lines", Json, nullable=False),
+    sa.Column("reasons", Json, nullable=False),
+    sa.Column("charge_key", sa.String(255), nullable=True),
+    sa.Column("payment_id", sa.String(64), nullable=True),
+    sa.Column("failure_code", sa.String(64), nullable=True),
+    sa.Column("entered_at", sa.Double, nullable=False),
+    sa.Column("exited_at", sa.Double, nullable=False),
+    sa.Column("settled_at", sa.Double, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("decision IN ('charge', 'no_charge', 'hold')", name="decision"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'charged', 'no_charge', 'held_for_review', 'payment_failed')", name="status"
+    ),
+    sa.Index(None, "account"),
+    sa.Index(None, "status"),
+)
+
+#: What ops must look at: a held visit (``visit:{id}``) or an event no cart took (``event:{id}``).
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("item_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("visit", sa.String(64), nullable=True),
+    sa.Column("event_id", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("details", Json, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("event_ts", sa.Double, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by", sa.String(128), nullable=True),
+    sa.CheckConstraint("kind IN ('visit', 'event')", name="kind"),
+    sa.CheckConstraint("state IN ('open', 'resolved')", name="state"),
+    sa.Index(None, "state"),
+    sa.Index(None, "visit"),
+)
+
+#: Device status messages (online / offline / stopped) as received.
+device_events = sa.Table(
+    "device_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("config_hash", sa.String(128), nullable=False),
+    sa.Column("counters", Json, nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("source", "seq"),
+    sa.Index(None, "device", "ts"),
+)
+
+#: Shopper floor positions of each visit, one per 1/rate second bucket (``bucket = floor(t * rate)``).
+trajectories = sa.Table(
+    "trajectories",
+    metadata,
+    sa.Column("visit", sa.String(64), primary_key=True),
+    sa.Column("shopper", sa.String(64), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("t", sa.Double, nullable=False),
+    sa.Column("x", sa.Double, nullable=False),
+    sa.Column("y", sa.Double, nullable=False),
+    sa.Index(None, "t"),
+)
+
+#: The standing fusion last published for an account (``blocked`` after a failed payment).
+account_standing = sa.Table(
+    "account_standing",
+    metadata,
+    sa.Column("account", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("failure_code", sa.String(64), nullable=True),
+    sa.Column("visit", sa.String(64), nullable=True),
+    sa.Column("event_ts", sa.Double, nullable=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("state IN ('ok', 'blocked')", name="state"),
+)
+
+# The ops app's tables (migration 0003; queries in :mod:`fusion.ops`).
+
+#: Staff accounts of the ops app: argon2 password hashes, one role each.
+ops_users = sa.Table(
+    "ops_users",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("role IN ('viewer', 'reviewer', 'admin')", name="role"),
+)
+
+#: Ops login sessions; only a SHA-256 of the cookie's token is stored.
+ops_sessions = sa.Table(
+    "ops_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("ops_users.id"), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Index(None, "user_id"),
+)
+
+#: Login attempts, for rate limiting (by user name and by client address).
+ops_login_attempts = sa.Table(
+    "ops_login_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("client", sa.String(64), nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index(None, "name", "at"),
+    sa.Index(None, "client", "at"),
+)
+
+#: Shopper API bearer tokens (one or more per account); only a SHA-256 of the token is stored.
+shopper_tokens = sa.Table(
+    "shopper_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Index(None, "account"),
+)
+
+#: Shoppers' disputes of receipt lines, and their outcome.
+disputes = sa.Table(
+    "disputes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("visit", sa.String(64), sa.ForeignKey("visits.visit"), nullable=False),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("outcome_note", sa.Text, nullable=True),
+    sa.Column("refunded", Money, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by", sa.String(128), nullable=True),
+    sa.CheckConstraint("state IN ('open', 'resolved')", name="state"),
+    sa.CheckConstraint("outcome IN ('refunded', 'corrected', 'rejected')", name="outcome"),
+    sa.Index(None, "visit"),
+    sa.Index(None, "account"),
+)
+
+#: Append-only: every ops correction of a cart (its cart lines are ``adjustment`` lines named after it).
+ops_adjustments = sa.Table(
+    "ops_adjustments",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("adjustment", sa.String(64), nullable=False, unique=True),
+    sa.Column("visit", sa.String(64), sa.ForeignKey("visits.visit"), nullable=False),
+    sa.Column("action", sa.String(24), nullable=False),
+    sa.Column("line_id", sa.String(64), nullable=True),
+    sa.Column("sku", sa.String(64), nullable=True),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("refunded", Money, nullable=False),
+    sa.Column("reason_code", sa.String(64), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("payment_id", sa.String(64), nullable=True),
+    sa.Column("dispute_id", sa.BigInteger, nullable=True),
+    sa.Column("other_visit", sa.String(64), nullable=True),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index(None, "visit"),
+)
+
+#: Evidence kept around each shelf event for review: the lanes' weight samples and the cameras' tracks.
+ops_event_evidence = sa.Table(
+    "ops_event_evidence",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("shelf", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False),
+    sa.Column("t_start", sa.Double, nullable=False),
+    sa.Column("t_end", sa.Double, nullable=False),
+    sa.Column("lanes", Json, nullable=False),
+    sa.Column("candidates", Json, nullable=False),
+    sa.Column("weights", Json, nullable=False),
+    sa.Column("tracks", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index(None, "t_end"),
+)
+
 #: Tables whose rows may never be updated or deleted (enforced by triggers).
 APPEND_ONLY_TABLES = ("audit_log", "payment_methods", "payment_records")
 

@@ -164,14 +164,15 @@ class FusionEngine:
             wrists = []
             for side, kp in ((0, t.lwrist), (1, t.rwrist)):
                 if kp is not None and kp.ray is not None and kp.conf > 0.2:
-                    wrists.append((side, np.asarray(kp.ray.origin), np.asarray(kp.ray.dir), kp.conf))
+                    wrists.append((side, kp.ray.origin, kp.ray.dir, kp.conf))  # the tracker reads floats
             obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists))
-        before = {i for i, s in enumerate(self.floor.state) if s == LEFT}
+        left_before = self.floor.state == LEFT
         self.floor.update(msg.camera, msg.ts, obs)
         out = self._bind(msg.ts)
-        now_left = {i for i, s in enumerate(self.floor.state) if s == LEFT} - before
-        for i in sorted(now_left):
-            out.extend(self._shopper_left(self.floor.info[i].id, msg.ts))
+        left_now = self.floor.state == LEFT
+        left_now[: left_before.size] &= ~left_before
+        for i in np.nonzero(left_now)[0]:
+            out.extend(self._shopper_left(self.floor.info[int(i)].id, msg.ts))
         if len(self.floor.info) and self.stats.processed["TracksMsg"] % 200 == 0:
             self.floor.prune(msg.ts)
         return out

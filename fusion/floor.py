@@ -16,6 +16,7 @@ number of shoppers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +38,8 @@ class TrackObs:
     track_id: int
     floor: tuple[float, float]
     cov: tuple[float, float, float]  # xx, xy, yy
-    wrists: list[tuple[int, np.ndarray, np.ndarray, float]] = field(default_factory=list)
-    # (0 = left / 1 = right, ray origin (3,), ray dir (3,), confidence)
+    wrists: list[tuple[int, Sequence[float], Sequence[float], float]] = field(default_factory=list)
+    # (0 = left / 1 = right, ray origin (3,), ray dir (3,), confidence); arrays or tuples of floats
 
 
 @dataclass
@@ -54,11 +55,27 @@ class ShopperInfo:
     cameras: set[str] = field(default_factory=set)
 
 
+def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost assignment of rows to columns (as ``scipy.optimize.linear_sum_assignment``): a direct
+    answer for one row or one column (the common camera frame), scipy otherwise."""
+    m, n = cost.shape
+    if m == 1:
+        j = int(np.argmin(cost[0]))
+        return np.array([0]), np.array([j])
+    if n == 1:
+        i = int(np.argmin(cost[:, 0]))
+        return np.array([i]), np.array([0])
+    return linear_sum_assignment(cost)
+
+
 class FloorTracker:
     def __init__(self, store: Store, config: FloorConfig | None = None):
         self.cfg = config or FloorConfig()
         self.gates = [g.region for g in store.gates]
         self.exits = [e.region for e in store.exits]
+        # region bounds as arrays (k, 2): the per-frame checks run on all shoppers at once
+        self._exit_lo = np.array([e.min for e in self.exits], float).reshape(-1, 2)
+        self._exit_hi = np.array([e.max for e in self.exits], float).reshape(-1, 2)
         self.size = np.asarray(store.store.size, float)
         self.X = np.zeros((0, 4))  # x, y, vx, vy
         self.P = np.zeros((0, 4, 4))
@@ -88,26 +105,30 @@ class FloorTracker:
 
     # ------------------------------------------------------------------------------------------- kalman
     def _predict(self, ts: float, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (X, P) of shoppers ``idx`` at time ``ts`` (not stored)."""
+        """Predicted (X, P) of shoppers ``idx`` at time ``ts`` (not stored).
+
+        Constant velocity: ``P' = F P F^T + Q`` with ``F = I + dt (e0 e2^T + e1 e3^T)``, written out (adding
+        ``dt`` times the velocity rows, then columns) instead of batched 4x4 products; ``Q`` is the
+        continuous white-noise acceleration per axis."""
         if idx is None:
             idx = np.arange(len(self.t))
         dt = np.maximum(ts - self.t[idx], 0.0)
-        X = self.X[idx].copy()
+        X = self.X[idx]  # fancy indexing copies
         X[:, 0] += X[:, 2] * dt
         X[:, 1] += X[:, 3] * dt
-        P = self.P[idx].copy()
-        n = len(idx)
-        F = np.tile(np.eye(4), (n, 1, 1))
-        F[:, 0, 2] = dt
-        F[:, 1, 3] = dt
+        P = self.P[idx]
+        col = dt[:, None]
+        P[:, 0, :] += col * P[:, 2, :]
+        P[:, 1, :] += col * P[:, 3, :]
+        P[:, :, 0] += col * P[:, :, 2]
+        P[:, :, 1] += col * P[:, :, 3]
         q = self.cfg.process_noise ** 2
-        dt2, dt3 = dt * dt / 2, dt ** 3 / 3
-        Q = np.zeros((n, 4, 4))
-        for a, b in ((0, 2), (1, 3)):  # continuous white-noise acceleration, per axis
-            Q[:, a, a] = dt3 * q
-            Q[:, a, b] = Q[:, b, a] = dt2 * q
-            Q[:, b, b] = dt * q
-        P = F @ P @ F.transpose(0, 2, 1) + Q
+        qdt, qdt2, qdt3 = dt * q, dt * dt / 2 * q, dt ** 3 / 3 * q
+        for a, b in ((0, 2), (1, 3)):
+            P[:, a, a] += qdt3
+            P[:, a, b] += qdt2
+            P[:, b, a] += qdt2
+            P[:, b, b] += qdt
         return X, P
 
     def _spawn(self, ts: float, z: np.ndarray, R: np.ndarray, origin: str) -> int:
@@ -138,7 +159,12 @@ class FloorTracker:
         return min(d) if d else np.inf
 
     def _in_exit(self, xy: np.ndarray) -> bool:
-        return any(bool(e.contains(xy)[0]) for e in self.exits)
+        return bool(self._in_exits(np.asarray(xy, float).reshape(1, 2))[0])
+
+    def _in_exits(self, xy: np.ndarray) -> np.ndarray:
+        """For each row of ``xy`` (n, 2): inside any exit region (bounds included)."""
+        inside = (xy[:, None, :] >= self._exit_lo[None]) & (xy[:, None, :] <= self._exit_hi[None])
+        return inside.all(axis=2).any(axis=1)
 
     # ------------------------------------------------------------------------------------------- update
     def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> dict[int, str]:
@@ -176,31 +202,32 @@ class FloorTracker:
             d2 = (c * d[..., 0] ** 2 - 2 * b * d[..., 0] * d[..., 1] + a * d[..., 1] ** 2) / det
             cost = np.where(d2 < cfg.gate_chi2, d2, _BIG)
             pos = {int(s): j for j, s in enumerate(live)}
-            for r, t in enumerate(tracks):
-                slot = self.links.get((camera, t.track_id))
-                if slot is not None and slot in pos:
-                    j = pos[slot]
-                    if d2[r, j] < cfg.link_gate_chi2:
-                        cost[r, j] = d2[r, j] * cfg.link_bonus
-            # lost shoppers may only be matched through their link or by recovery below
-            lost_cols = self.state[live] == LOST
             linked = np.zeros_like(cost, dtype=bool)
             for r, t in enumerate(tracks):
                 slot = self.links.get((camera, t.track_id))
                 if slot is not None and slot in pos:
-                    linked[r, pos[slot]] = True
-            cost[:, lost_cols] = np.where(linked[:, lost_cols], cost[:, lost_cols], _BIG)
-            rows, cols = linear_sum_assignment(cost)
+                    j = pos[slot]
+                    linked[r, j] = True
+                    if d2[r, j] < cfg.link_gate_chi2:
+                        cost[r, j] = d2[r, j] * cfg.link_bonus
+            # lost shoppers may only be matched through their link or by recovery below
+            lost_cols = self.state[live] == LOST
+            if lost_cols.any():
+                cost[:, lost_cols] = np.where(linked[:, lost_cols], cost[:, lost_cols], _BIG)
+            rows, cols = _assign(cost)
             for r, j in zip(rows, cols, strict=True):
                 if cost[r, j] < _BIG:
                     assigned[int(r)] = int(live[j])
 
         # unmatched tracks: same shopper seen by this camera for the first time, a lost one, or a new one
         taken = set(assigned.values())
+        claims: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         for r in range(m):
             if r in assigned:
                 continue
-            slot = self._claim(ts, z[r], taken)
+            if claims is None:
+                claims = self._claim_candidates(ts)
+            slot = self._claim(z[r], taken, claims)
             if slot is None:
                 origin = "gate" if self._near_gate(z[r]) else "unknown"
                 if self._in_exit(z[r]):
@@ -237,29 +264,41 @@ class FloorTracker:
         self._check_exits(ts)
         return out
 
-    def _claim(self, ts: float, z: np.ndarray, taken: set[int]) -> int | None:
-        """A shopper this unmatched track should belong to: one close by that this camera does not see
-        right now (a hand-off), or a lost one within the recovery radius."""
+    def _claim_candidates(self, ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shoppers an unmatched track may belong to at ``ts``: slots, predicted positions and the radius
+        within which each claims a track (the recovery radius of a lost one grows with the time lost)."""
         cfg = self.cfg
-        best, best_d = None, np.inf
-        for s in np.nonzero(self.state != LEFT)[0]:
-            s = int(s)
-            if s in taken:
-                continue
-            Xp, _ = self._predict(ts, np.array([s]))
-            d = float(np.hypot(*(Xp[0, :2] - z)))
-            if self.state[s] == LOST:
-                radius = cfg.recover_radius_m + cfg.recover_speed_mps * (ts - self.seen[s])
-            else:
-                radius = cfg.dedupe_radius_m
-            if d < radius and d < best_d:
-                best, best_d = s, d
-        return best
+        idx = np.nonzero(self.state != LEFT)[0]
+        if not idx.size:
+            return idx, np.zeros((0, 2)), np.zeros(0)
+        Xp, _ = self._predict(ts, idx)
+        radius = np.where(self.state[idx] == LOST,
+                          cfg.recover_radius_m + cfg.recover_speed_mps * (ts - self.seen[idx]),
+                          cfg.dedupe_radius_m)
+        return idx, Xp[:, :2], radius
+
+    def _claim(self, z: np.ndarray, taken: set[int],
+               candidates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int | None:
+        """A shopper this unmatched track should belong to: one close by that this camera does not see
+        right now (a hand-off), or a lost one within the recovery radius; the nearest, the first on ties."""
+        idx, xy, radius = candidates
+        if not idx.size:
+            return None
+        d = np.hypot(xy[:, 0] - z[0], xy[:, 1] - z[1])
+        ok = d < radius
+        if taken:
+            ok &= ~np.isin(idx, np.fromiter(taken, int, len(taken)))
+        if not ok.any():
+            return None
+        j = int(np.argmin(np.where(ok, d, np.inf)))
+        return int(idx[j])
 
     def _check_exits(self, ts: float) -> None:
-        for s in np.nonzero(self.state != LEFT)[0]:
-            if self._in_exit(self.X[s, :2]):
-                self.retire(int(s), ts)
+        idx = np.nonzero(self.state != LEFT)[0]
+        if not idx.size:
+            return
+        for s in idx[self._in_exits(self.X[idx, :2])]:
+            self.retire(int(s), ts)
 
     def retire(self, s: int, ts: float) -> None:
         self.state[s] = LEFT

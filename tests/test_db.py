@@ -135,7 +135,8 @@ def test_shipped_migrations_are_numbered_from_one() -> None:
 
 def _coarse(t: sa.types.TypeEngine) -> str:
     """The type family of a column, as both dialects report it back."""
-    for family, py in (("bool", bool), ("int", int), ("float", float), ("str", str), ("datetime", datetime)):
+    for family, py in (("bool", bool), ("int", int), ("float", float), ("str", str), ("datetime", datetime),
+                       ("bytes", bytes)):
         try:
             if t.python_type is py:
                 return family

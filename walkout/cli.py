@@ -16,6 +16,7 @@ COMMANDS = [
     "walkout.commands.edge",
     "walkout.commands.calibrate",
     "walkout.commands.sim",
+    "walkout.commands.fusion",
 ]
 
 log = logging.getLogger("walkout")

@@ -72,7 +72,7 @@ TOPICS: dict[Kind, TopicSpec] = {
         TopicSpec(Kind.RECEIPT, PREFIX + "/{store}/receipts/{visit}", "visit", ReceiptMsg,
                   "fusion", 1, False, "final receipt of a visit: lines, totals, charge status"),
         TopicSpec(Kind.ACCOUNT, PREFIX + "/{store}/accounts/{account}", "account", AccountStatusMsg,
-                  "fusion", 1, True, "account standing: blocked after a failed payment (the gate refuses it)"),
+                  "fusion", 1, True, "account standing: blocked after a failed payment (the gate refuses)"),
     )
 }
 

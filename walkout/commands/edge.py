@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-EDGE_VERBS: list[str] = ["walkout.commands.edge_shelf"]
+EDGE_VERBS: list[str] = ["walkout.commands.edge_shelf", "walkout.commands.edge_gate"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
