@@ -8,6 +8,8 @@
    (tests/helpers_fusion_scene.py):
    * ``engine``: ``FusionEngine.offer`` of every message (tracks, gate scans, shelf events), messages/s of
      wall clock and of this process's CPU time (steadier on a shared machine);
+   * ``tracks``: the same without the shelf events (track frames and gate scans only): the fused track
+     messages/s the issue's goal (>= 20,000) is about;
    * ``decode`` (the peer, same process, same messages): ``wire.codec.decode`` of their payloads, messages/s;
      ``engine / decode`` says how the engine's cost compares with merely validating its input;
    * ``service``: the whole :class:`fusion.service.FusionService` through the in-process bus on a SQLite file
@@ -252,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     msgs = crowd_messages(STORE, args.shoppers, 3.0)
     n_tracks = sum(isinstance(m, TracksMsg) for m in msgs)
     eng = [engine_rate(msgs) for _ in range(args.runs)]
+    # the fused-track figure of the issue: the same session's track frames and gate scans, no shelf events
+    # (whose association is a separate, per-event cost)
+    track_only = [m for m in msgs if not isinstance(m, ShelfEventMsg)]
+    trk = [engine_rate(track_only) for _ in range(args.runs)]
     dec = [decode_rate(msgs) for _ in range(args.runs)]
     svc = [service_rate(msgs, args.shoppers) for _ in range(max(1, args.runs // 2))]
     result: dict[str, Any] = {
@@ -260,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         "shoppers": args.shoppers,
         "runs": args.runs,
     }
-    for name, runs in (("engine", eng), ("decode", dec), ("service", svc)):
+    for name, runs in (("engine", eng), ("tracks", trk), ("decode", dec), ("service", svc)):
         result[f"{name}_msgs_per_s"] = round(statistics.median(r[0] for r in runs))
         result[f"{name}_msgs_per_cpu_s"] = round(statistics.median(r[1] for r in runs))
-    result["engine_goal_msgs_per_s"] = 20_000
+    result["tracks_goal_msgs_per_s"] = 20_000
     result["engine_over_decode"] = round(result["engine_msgs_per_cpu_s"] / result["decode_msgs_per_cpu_s"], 3)
     result["service_over_engine"] = round(
         result["service_msgs_per_cpu_s"] / result["engine_msgs_per_cpu_s"], 3
@@ -288,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             f"3 cameras at 10 fps; median of {args.runs} runs"
         )
         print(f"{'messages/s':<22}{'wall':>10}{'CPU':>10}")
-        for name in ("engine", "decode", "service"):
+        for name in ("engine", "tracks", "decode", "service"):
             print(f"{name:<22}{result[f'{name}_msgs_per_s']:>10}{result[f'{name}_msgs_per_cpu_s']:>10}")
-        for key in ("engine_over_decode", "service_over_engine", "engine_goal_msgs_per_s"):
+        for key in ("engine_over_decode", "service_over_engine", "tracks_goal_msgs_per_s"):
             print(f"{key:<22}{result[key]:>20}")
         for run in result.get("latency_1x", []):
             if "note" in run:

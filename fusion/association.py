@@ -128,81 +128,104 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
     t, o, d, cams, body, s_lo, s_hi = t[ok], o[ok], d[ok], cams[ok], body[ok], s_lo[ok], s_hi[ok]
     bound = segment_box_distance(o + d * s_lo[:, None], o + d * s_hi[:, None], boxes)
     inst = np.round(t / INSTANT_S).astype(np.int64)
-    times, values = [], []
-    for k in np.unique(inst):
-        idx = np.nonzero(inst == k)[0]
-        best = np.inf
-        for group in _group_rays(o[idx], d[idx], cams[idx]):
-            rows = idx[group]
-            if len(rows) >= 2:
-                p = _triangulate(o[rows], d[rows])
-                near = np.hypot(*(p[:2] - body[rows[0]])) <= cfg.reach_m and 0.2 <= p[2] <= 2.3
-                dist = point_box_distance(p, boxes) if near else np.inf
-            else:
-                dist = float(bound[rows[0]])
-            best = min(best, dist)
-        if np.isfinite(best):
-            times.append(k * INSTANT_S)
-            values.append(best)
-    return np.array(times), np.array(values), sorted(set(cams.tolist()))
+    order = np.argsort(inst, kind="stable")
+    t, o, d, cams, body, bound, inst = (a[order] for a in (t, o, d, cams, body, bound, inst))
+    cam_id = np.unique(cams, return_inverse=True)[1]
+    # every pair of rays of one instant from different cameras, and how close the two rays pass
+    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
+    ends = np.r_[starts[1:], len(inst)]
+    pi, pj = [], []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b - a > 1:
+            ii, jj = np.triu_indices(b - a, 1)
+            pi.append(ii + a)
+            pj.append(jj + a)
+    groups_of = [[i] for i in range(len(inst))]
+    if pi:
+        pi, pj = np.concatenate(pi), np.concatenate(pj)
+        keep = cam_id[pi] != cam_id[pj]
+        pi, pj = pi[keep], pj[keep]
+        gap = _ray_gaps(o[pi], d[pi], o[pj], d[pj])
+        close = gap < TRIANGULATE_M
+        groups_of = _group_pairs(len(inst), pi[close], pj[close], gap[close], cam_id)
+    # triangulate the groups seen by two or more cameras, all at once
+    multi = [g for g in groups_of if len(g) >= 2]
+    dist = {g[0]: float(bound[g[0]]) for g in groups_of if len(g) == 1}
+    if multi:
+        pts = _triangulate_many(o, d, multi)
+        heads = np.array([g[0] for g in multi])
+        near = (np.hypot(pts[:, 0] - body[heads, 0], pts[:, 1] - body[heads, 1]) <= cfg.reach_m) & \
+            (pts[:, 2] >= 0.2) & (pts[:, 2] <= 2.3)
+        pd = points_box_distance(pts, boxes)
+        for g, ok_, dv in zip(multi, near.tolist(), pd.tolist(), strict=True):
+            dist[g[0]] = dv if ok_ else np.inf
+    best: dict[int, float] = {}
+    for first, dv in dist.items():
+        k = int(inst[first])
+        if dv < best.get(k, np.inf):
+            best[k] = dv
+    keys = sorted(best)
+    return (np.array(keys, float) * INSTANT_S, np.array([best[k] for k in keys]),
+            sorted(set(cams.tolist())))
 
 
 TRIANGULATE_M = 0.08  # rays of one wrist from different cameras pass this close
 
 
-def _group_rays(o: np.ndarray, d: np.ndarray, cams: np.ndarray) -> list[list[int]]:
-    """Group one instant's wrist rays into wrists: greedily join the closest pairs of rays from different
-    cameras (each camera at most once per group)."""
-    n = len(o)
+def _group_pairs(n: int, pi: np.ndarray, pj: np.ndarray, gap: np.ndarray, cam_id: np.ndarray
+                 ) -> list[list[int]]:
+    """Group rays into wrists: greedily join the closest pairs (rays of different cameras of one instant),
+    never putting two rays of one camera in a group."""
     groups = [[i] for i in range(n)]
-    if n < 2:
-        return groups
-    pairs = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            if cams[i] != cams[j]:
-                gap = _ray_gap(o[i], d[i], o[j], d[j])
-                if gap < TRIANGULATE_M:
-                    pairs.append((gap, i, j))
     where = list(range(n))
-    for _, i, j in sorted(pairs):
-        gi, gj = where[i], where[j]
+    for k in np.argsort(gap, kind="stable").tolist():
+        gi, gj = where[int(pi[k])], where[int(pj[k])]
         if gi == gj:
             continue
-        if set(cams[groups[gi]]) & set(cams[groups[gj]]):
+        if {int(cam_id[r]) for r in groups[gi]} & {int(cam_id[r]) for r in groups[gj]}:
             continue
         groups[gi].extend(groups[gj])
         for r in groups[gj]:
             where[r] = gi
         groups[gj] = []
-    return [g for g in groups if g]
+    return [sorted(g) for g in groups if g]
 
 
-def _ray_gap(o1: np.ndarray, d1: np.ndarray, o2: np.ndarray, d2: np.ndarray) -> float:
+def _ray_gaps(o1: np.ndarray, d1: np.ndarray, o2: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """Closest approach of pairs of rays (forward halves only), vectorised."""
     w = o1 - o2
-    b = float(d1 @ d2)
+    b = (d1 * d2).sum(1)
     den = 1.0 - b * b
-    if den < 1e-9:
-        return float(np.linalg.norm(np.cross(w, d1)))
-    dd, e = float(d1 @ w), float(d2 @ w)
-    s = max((b * e - dd) / den, 0.0)
-    u = max((e - b * dd) / den, 0.0)
-    return float(np.linalg.norm(o1 + s * d1 - o2 - u * d2))
+    dd, e = (d1 * w).sum(1), (d2 * w).sum(1)
+    par = den < 1e-9
+    den = np.where(par, 1.0, den)
+    s = np.maximum((b * e - dd) / den, 0.0)
+    u = np.maximum((e - b * dd) / den, 0.0)
+    gap = np.linalg.norm(w + s[:, None] * d1 - u[:, None] * d2, axis=1)
+    return np.where(par, np.linalg.norm(np.cross(w, d1), axis=1), gap)
 
 
-def _triangulate(o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Least-squares point nearest to all rays."""
-    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
-    return np.linalg.solve(proj.sum(0), (proj @ o[:, :, None]).sum(0)).ravel()
+def _triangulate_many(o: np.ndarray, d: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """Least-squares points nearest to each group's rays, (G, 3)."""
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # (N, 3, 3)
+    po = (proj @ o[:, :, None])[..., 0]  # (N, 3)
+    gid = np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)])
+    rows = np.concatenate([np.asarray(g) for g in groups])
+    A = np.zeros((len(groups), 3, 3))
+    B = np.zeros((len(groups), 3))
+    np.add.at(A, gid, proj[rows])
+    np.add.at(B, gid, po[rows])
+    return np.linalg.solve(A, B[..., None])[..., 0]
 
 
-def point_box_distance(p: np.ndarray, boxes: list[Box]) -> float:
+def points_box_distance(p: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """Distance of points (N, 3) to the nearest of the boxes (N,)."""
     c, h, cs, sn = box_frames(boxes)
-    dd = p[None] - c
-    x = dd[:, 0] * cs + dd[:, 1] * sn
-    y = -dd[:, 0] * sn + dd[:, 1] * cs
-    q = np.maximum(np.abs(np.stack([x, y, dd[:, 2]], -1)) - h, 0.0)
-    return float(np.sqrt((q * q).sum(-1)).min())
+    dd = p[:, None, :] - c[None]
+    x = dd[..., 0] * cs + dd[..., 1] * sn
+    y = -dd[..., 0] * sn + dd[..., 1] * cs
+    q = np.maximum(np.abs(np.stack([x, y, dd[..., 2]], -1)) - h[None], 0.0)
+    return np.sqrt((q * q).sum(-1)).min(axis=1)
 
 
 def _reach_interval(o: np.ndarray, d: np.ndarray, body: np.ndarray, reach: float

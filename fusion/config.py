@@ -16,6 +16,9 @@ class _Cfg(BaseModel):
 class FloorConfig(_Cfg):
     process_noise: float = Field(1.5, gt=0, title="Acceleration noise", description="m/s^2, constant-velocity KF")
     min_meas_sd: float = Field(0.05, gt=0, title="Minimum measurement sd", description="m, added to floor_cov")
+    max_gate_m: float = Field(3.0, gt=0, title="Gate distance",
+                              description="Track-to-shopper pairs farther apart than this on either axis are "
+                                          "never matched (saves scoring them)")
     gate_chi2: float = Field(16.0, gt=0, title="Gate", description="Mahalanobis^2 gate for a new camera track")
     link_gate_chi2: float = Field(60.0, gt=0, title="Link gate",
                                   description="Mahalanobis^2 gate for a (camera, track) already linked")

@@ -19,14 +19,13 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 from pydantic import BaseModel
 
 from calibration.store import Store
 from fusion.association import Association, associate
 from fusion.carts import Cart, Line, choose_put_back
 from fusion.config import FusionConfig
-from fusion.floor import LEFT, FloorTracker, TrackObs
+from fusion.floor import FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
 from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
 
@@ -166,24 +165,19 @@ class FusionEngine:
                 if kp is not None and kp.ray is not None and kp.conf > 0.2:
                     wrists.append((side, kp.ray.origin, kp.ray.dir, kp.conf))  # the tracker reads floats
             obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists))
-        left_before = self.floor.state == LEFT
-        self.floor.update(msg.camera, msg.ts, obs)
+        left = self.floor.update(msg.camera, msg.ts, obs)
         out = self._bind(msg.ts)
-        left_now = self.floor.state == LEFT
-        left_now[: left_before.size] &= ~left_before
-        for i in np.nonzero(left_now)[0]:
-            out.extend(self._shopper_left(self.floor.info[int(i)].id, msg.ts))
-        if len(self.floor.info) and self.stats.processed["TracksMsg"] % 200 == 0:
+        for sid in left:
+            out.extend(self._shopper_left(sid, msg.ts))
+        if self.stats.processed["TracksMsg"] % 200 == 0:
             self.floor.prune(msg.ts)
         return out
 
     def _bind(self, ts: float) -> list[Effect]:
-        if not self.visits.pending(ts):
+        if not self.visits.has_pending(ts):
             return []
-        cands = []
-        for i, inf in enumerate(self.floor.info):
-            if self.floor.state[i] != LEFT and inf.origin == "gate" and inf.id not in self.visits.by_shopper:
-                cands.append((inf.id, inf.created_t, self.floor.position(i)))
+        cands = [(inf.id, inf.created_t, inf.xy) for inf in self.floor.live()
+                 if inf.origin == "gate" and inf.id not in self.visits.by_shopper]
         for sid, vid in self.visits.bind(ts, cands):
             self.floor.shopper(sid).visit = vid
         return []
@@ -232,15 +226,17 @@ class FusionEngine:
     # ------------------------------------------------------------------------------------------ timers
     def _due(self, now: float) -> list[Effect]:
         out: list[Effect] = []
-        if now != float("inf"):
+        if now != float("inf") and self.visits.unfilled:
             for v in self.visits.pending_close(now, self.visits.bind_after_s):
                 out.extend(self._maybe_close(v, now))
-        if self._events:
+        if self._events and min(p.due for p in self._events) <= now:
             ready = sorted((p for p in self._events if p.due <= now), key=lambda p: (p.msg.t_end, p.msg.event_id))
             if ready:
                 self._events = [p for p in self._events if p.due > now]
                 for p in ready:
                     out.extend(self._shelf_event(p.msg))
+        if not self._settle or min(self._settle.values()) > now:
+            return out
         for vid, due in sorted(self._settle.items(), key=lambda kv: (kv[1], kv[0])):
             v = self.visits.visits[vid]
             blocked = any(p.msg.t_start <= (v.exited_at or 0) for p in self._events)

@@ -1,21 +1,24 @@
 """Floor tracking across cameras: each camera's tracks become global shoppers in the store frame.
 
 ``FloorTracker.update(camera, ts, tracks)`` takes one camera frame's tracks (floor position and covariance,
-wrist and head rays) and returns the shopper id each track was given.  Every shopper is a constant-velocity
-Kalman filter on the floor; a camera's tracks are matched to shoppers by Mahalanobis distance with the
-published covariances (one-to-one within a camera frame, so two people side by side are never merged),
-preferring the shopper a (camera, track id) was linked to before (hand-off between cameras keeps one id).
-Shoppers appear only near an entry gate; a track elsewhere first tries to recover a lost shopper (one not
-seen for a while) within a radius that grows with the time lost, and only then becomes an unknown shopper.
-A shopper whose filtered position enters an exit region has left.
+wrist rays) and returns the shopper id each track was given.  Every shopper is a constant-velocity Kalman
+filter on the floor; a camera's tracks are matched to shoppers by Mahalanobis distance with the published
+covariances (one-to-one within a camera frame, so two people side by side are never merged), preferring the
+shopper a (camera, track id) was linked to before (hand-off between cameras keeps one id).  Shoppers appear
+only near an entry gate; a track elsewhere first tries to recover a lost shopper (one not seen for a while)
+within a radius that grows with the time lost, and only then becomes an unknown shopper.  A shopper whose
+filtered position enters an exit region, or who is lost next to one, has left.
 
-State lives in numpy arrays indexed by shopper slot, so a frame costs a few vectorised operations whatever the
-number of shoppers.
+This runs for every camera frame of every camera (hundreds per second in a store), on a handful of tracks
+against a few dozen shoppers, so the filter is written out in plain floats (a symmetric 4x4 covariance as 10
+numbers): at these sizes that is several times faster than numpy, whose per-call overhead dominates.  Pairs
+farther apart than ``FloorConfig.max_gate_m`` are never scored.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +45,11 @@ class TrackObs:
     # (0 = left / 1 = right, ray origin (3,), ray dir (3,), confidence); arrays or tuples of floats
 
 
-@dataclass
+@dataclass(eq=False)
 class ShopperInfo:
+    """A shopper on the floor: identity, history, and the Kalman state (x, y, vx, vy; covariance entries
+    ``pij`` of the symmetric 4x4) at time ``t``."""
+
     id: str
     created_t: float
     origin: str  # "gate" or "unknown"
@@ -53,258 +59,291 @@ class ShopperInfo:
     path: list[tuple[float, float, float]] = field(default_factory=list)
     wrists: list[tuple] = field(default_factory=list)
     cameras: set[str] = field(default_factory=set)
+    state: int = ACTIVE
+    t: float = 0.0
+    seen: float = 0.0
+    x: float = 0.0
+    y: float = 0.0
+    vx: float = 0.0
+    vy: float = 0.0
+    p00: float = 0.0
+    p01: float = 0.0
+    p02: float = 0.0
+    p03: float = 0.0
+    p11: float = 0.0
+    p12: float = 0.0
+    p13: float = 0.0
+    p22: float = 1.0
+    p23: float = 0.0
+    p33: float = 1.0
+
+    @property
+    def xy(self) -> np.ndarray:
+        return np.array([self.x, self.y])
 
 
-def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost assignment of rows to columns (as ``scipy.optimize.linear_sum_assignment``): a direct
-    answer for one row or one column (the common camera frame), scipy otherwise."""
-    m, n = cost.shape
+def _pos_cov(s: ShopperInfo, dt: float, q: float) -> tuple[float, float, float, float, float]:
+    """Predicted position and position covariance (x, y, pxx, pxy, pyy) after ``dt`` seconds."""
+    dt2 = dt * dt
+    return (s.x + s.vx * dt, s.y + s.vy * dt,
+            s.p00 + 2 * dt * s.p02 + dt2 * s.p22 + q * dt2 * dt / 3,
+            s.p01 + dt * (s.p03 + s.p12) + dt2 * s.p23,
+            s.p11 + 2 * dt * s.p13 + dt2 * s.p33 + q * dt2 * dt / 3)
+
+
+def _predict(s: ShopperInfo, ts: float, q: float) -> None:
+    """Constant velocity with continuous white-noise acceleration ``q`` (per axis), in place."""
+    dt = ts - s.t
+    if dt <= 0:
+        return
+    dt2 = dt * dt
+    q3, q2, q1 = q * dt2 * dt / 3, q * dt2 / 2, q * dt
+    s.x += s.vx * dt
+    s.y += s.vy * dt
+    p02, p03, p12, p13, p22, p23, p33 = s.p02, s.p03, s.p12, s.p13, s.p22, s.p23, s.p33
+    s.p00 += 2 * dt * p02 + dt2 * p22 + q3
+    s.p01 += dt * (p03 + p12) + dt2 * p23
+    s.p02 = p02 + dt * p22 + q2
+    s.p03 = p03 + dt * p23
+    s.p11 += 2 * dt * p13 + dt2 * p33 + q3
+    s.p12 = p12 + dt * p23
+    s.p13 = p13 + dt * p33 + q2
+    s.p22 = p22 + q1
+    s.p33 = p33 + q1
+    s.t = ts
+
+
+def _update(s: ShopperInfo, zx: float, zy: float, r00: float, r01: float, r11: float) -> None:
+    """Kalman update with a floor position measurement, in place (``K = P[:, :2] S^-1``,
+    ``P -= K P[:2, :]``, written out)."""
+    p00, p01, p02, p03, p11, p12, p13 = s.p00, s.p01, s.p02, s.p03, s.p11, s.p12, s.p13
+    a, b, c = p00 + r00, p01 + r01, p11 + r11
+    det = a * c - b * b
+    i00, i01, i11 = c / det, -b / det, a / det
+    k00, k01 = p00 * i00 + p01 * i01, p00 * i01 + p01 * i11
+    k10, k11 = p01 * i00 + p11 * i01, p01 * i01 + p11 * i11
+    k20, k21 = p02 * i00 + p12 * i01, p02 * i01 + p12 * i11
+    k30, k31 = p03 * i00 + p13 * i01, p03 * i01 + p13 * i11
+    ex, ey = zx - s.x, zy - s.y
+    s.x += k00 * ex + k01 * ey
+    s.y += k10 * ex + k11 * ey
+    s.vx += k20 * ex + k21 * ey
+    s.vy += k30 * ex + k31 * ey
+    s.p00 = p00 - (k00 * p00 + k01 * p01)
+    s.p01 = p01 - (k00 * p01 + k01 * p11)
+    s.p02 = p02 - (k00 * p02 + k01 * p12)
+    s.p03 = p03 - (k00 * p03 + k01 * p13)
+    s.p11 = p11 - (k10 * p01 + k11 * p11)
+    s.p12 = p12 - (k10 * p02 + k11 * p12)
+    s.p13 = p13 - (k10 * p03 + k11 * p13)
+    s.p22 = s.p22 - (k20 * p02 + k21 * p12)
+    s.p23 = s.p23 - (k20 * p03 + k21 * p13)
+    s.p33 = s.p33 - (k30 * p03 + k31 * p13)
+
+
+def _assign(cost: list[list[float]]) -> list[tuple[int, int]]:
+    """Minimum-cost one-to-one pairs (row, col) with cost below ``_BIG``; scipy's Hungarian solver when
+    more than one row competes for more than one column."""
+    m = len(cost)
+    n = len(cost[0]) if m else 0
+    if m == 0 or n == 0:
+        return []
     if m == 1:
-        j = int(np.argmin(cost[0]))
-        return np.array([0]), np.array([j])
+        j = min(range(n), key=cost[0].__getitem__)
+        return [(0, j)] if cost[0][j] < _BIG else []
     if n == 1:
-        i = int(np.argmin(cost[:, 0]))
-        return np.array([i]), np.array([0])
-    return linear_sum_assignment(cost)
+        i = min(range(m), key=lambda r: cost[r][0])
+        return [(i, 0)] if cost[i][0] < _BIG else []
+    arr = np.array(cost)
+    rows, cols = linear_sum_assignment(arr)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if arr[r, c] < _BIG]
 
 
 class FloorTracker:
     def __init__(self, store: Store, config: FloorConfig | None = None):
         self.cfg = config or FloorConfig()
-        self.gates = [g.region for g in store.gates]
-        self.exits = [e.region for e in store.exits]
-        # region bounds as arrays (k, 2): the per-frame checks run on all shoppers at once
-        self._exit_lo = np.array([e.min for e in self.exits], float).reshape(-1, 2)
-        self._exit_hi = np.array([e.max for e in self.exits], float).reshape(-1, 2)
-        self.size = np.asarray(store.store.size, float)
-        self.X = np.zeros((0, 4))  # x, y, vx, vy
-        self.P = np.zeros((0, 4, 4))
-        self.t = np.zeros(0)  # time of each shopper's state
-        self.seen = np.zeros(0)  # last time a camera saw the shopper
-        self.state = np.zeros(0, dtype=np.int8)
+        self.gates = [(g.region.min, g.region.max) for g in store.gates]
+        self.exits = [(e.region.min, e.region.max) for e in store.exits]
         self.info: list[ShopperInfo] = []
-        self.links: dict[tuple[str, int], int] = {}
+        self._by_id: dict[str, int] = {}
+        self._live: list[int] = []  # slots of shoppers not LEFT, in creation order
+        self.links: dict[str, dict[int, int]] = {}  # camera -> {track id: shopper slot}
         self._next = 1
         self.now = 0.0
 
     # ------------------------------------------------------------------------------------------- queries
     def shopper(self, sid: str) -> ShopperInfo:
-        return self.info[self.index(sid)]
+        return self.info[self._by_id[sid]]
 
     def index(self, sid: str) -> int:
-        for i, inf in enumerate(self.info):
-            if inf.id == sid:
-                return i
-        raise KeyError(sid)
+        return self._by_id[sid]
 
     def present(self) -> list[int]:
-        return [int(i) for i in np.nonzero(self.state != LEFT)[0]]
+        """Slots of shoppers on the floor (not left)."""
+        return list(self._live)
+
+    def live(self) -> list[ShopperInfo]:
+        return [self.info[i] for i in self._live]
 
     def position(self, i: int) -> np.ndarray:
-        return self.X[i, :2].copy()
+        return self.info[i].xy
 
-    # ------------------------------------------------------------------------------------------- kalman
-    def _predict(self, ts: float, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (X, P) of shoppers ``idx`` at time ``ts`` (not stored).
+    # array views by slot, for sampling positions (not for the hot path)
+    @property
+    def state(self) -> np.ndarray:
+        return np.array([s.state for s in self.info], dtype=np.int8)
 
-        Constant velocity: ``P' = F P F^T + Q`` with ``F = I + dt (e0 e2^T + e1 e3^T)``, written out (adding
-        ``dt`` times the velocity rows, then columns) instead of batched 4x4 products; ``Q`` is the
-        continuous white-noise acceleration per axis."""
-        if idx is None:
-            idx = np.arange(len(self.t))
-        dt = np.maximum(ts - self.t[idx], 0.0)
-        X = self.X[idx]  # fancy indexing copies
-        X[:, 0] += X[:, 2] * dt
-        X[:, 1] += X[:, 3] * dt
-        P = self.P[idx]
-        col = dt[:, None]
-        P[:, 0, :] += col * P[:, 2, :]
-        P[:, 1, :] += col * P[:, 3, :]
-        P[:, :, 0] += col * P[:, :, 2]
-        P[:, :, 1] += col * P[:, :, 3]
-        q = self.cfg.process_noise ** 2
-        qdt, qdt2, qdt3 = dt * q, dt * dt / 2 * q, dt ** 3 / 3 * q
-        for a, b in ((0, 2), (1, 3)):
-            P[:, a, a] += qdt3
-            P[:, a, b] += qdt2
-            P[:, b, a] += qdt2
-            P[:, b, b] += qdt
-        return X, P
+    @property
+    def t(self) -> np.ndarray:
+        return np.array([s.t for s in self.info], float)
 
-    def _spawn(self, ts: float, z: np.ndarray, R: np.ndarray, origin: str) -> int:
-        i = len(self.t)
-        sid = f"s{self._next}"
-        self._next += 1
-        P0 = np.zeros((4, 4))
-        P0[:2, :2] = R
-        P0[2, 2] = P0[3, 3] = 1.0
-        self.X = np.vstack([self.X, [[z[0], z[1], 0.0, 0.0]]])
-        self.P = np.concatenate([self.P, P0[None]])
-        self.t = np.append(self.t, ts)
-        self.seen = np.append(self.seen, ts)
-        self.state = np.append(self.state, np.int8(ACTIVE))
-        self.info.append(ShopperInfo(sid, ts, origin))
-        log.debug("new shopper %s at (%.2f, %.2f) origin=%s", sid, z[0], z[1], origin)
-        return i
+    @property
+    def X(self) -> np.ndarray:
+        return np.array([(s.x, s.y, s.vx, s.vy) for s in self.info], float).reshape(-1, 4)
 
-    def _near_gate(self, xy: np.ndarray) -> bool:
+    # ------------------------------------------------------------------------------------------- regions
+    def _near_gate(self, x: float, y: float) -> bool:
         m = self.cfg.spawn_margin_m
-        return any(
-            g.min[0] - m <= xy[0] <= g.max[0] + m and g.min[1] - m <= xy[1] <= g.max[1] + m for g in self.gates
-        )
+        return any(lo[0] - m <= x <= hi[0] + m and lo[1] - m <= y <= hi[1] + m for lo, hi in self.gates)
 
-    def _exit_distance(self, xy: np.ndarray) -> float:
-        d = [float(np.hypot(*np.maximum(np.maximum(np.asarray(e.min) - xy, xy - np.asarray(e.max)), 0.0)))
-             for e in self.exits]
-        return min(d) if d else np.inf
+    def _in_exit(self, x: float, y: float) -> bool:
+        return any(lo[0] <= x <= hi[0] and lo[1] <= y <= hi[1] for lo, hi in self.exits)
 
-    def _in_exit(self, xy: np.ndarray) -> bool:
-        return bool(self._in_exits(np.asarray(xy, float).reshape(1, 2))[0])
-
-    def _in_exits(self, xy: np.ndarray) -> np.ndarray:
-        """For each row of ``xy`` (n, 2): inside any exit region (bounds included)."""
-        inside = (xy[:, None, :] >= self._exit_lo[None]) & (xy[:, None, :] <= self._exit_hi[None])
-        return inside.all(axis=2).any(axis=1)
+    def _exit_distance(self, x: float, y: float) -> float:
+        best = math.inf
+        for lo, hi in self.exits:
+            dx = max(lo[0] - x, x - hi[0], 0.0)
+            dy = max(lo[1] - y, y - hi[1], 0.0)
+            best = min(best, math.hypot(dx, dy))
+        return best
 
     # ------------------------------------------------------------------------------------------- update
-    def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> dict[int, str]:
-        """Fold one camera frame into the shoppers; returns {track id: shopper id} for the tracks used."""
+    def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> list[str]:
+        """Fold one camera frame into the shoppers.  Returns the ids of shoppers who left during it."""
         self.now = max(self.now, ts)
         cfg = self.cfg
-        live = np.nonzero(self.state != LEFT)[0]
-        # mark shoppers not seen for a while as lost (by anyone)
-        lost_now = live[(self.state[live] == ACTIVE) & (ts - self.seen[live] > cfg.lost_after_s)]
-        self.state[lost_now] = LOST
-        for s in lost_now:  # lost at the door: walked out where the cameras stop
-            if self._exit_distance(self.X[s, :2]) <= cfg.exit_margin_m:
-                self.retire(int(s), float(self.seen[s]))
-        seen_tids = {t.track_id for t in tracks}
-        for key in [k for k in self.links if k[0] == camera and k[1] not in seen_tids]:
-            del self.links[key]
+        q = cfg.process_noise ** 2
+        left: list[str] = []
+        # shoppers not seen for a while are lost; lost at the door means walked out where the cameras stop
+        for s in [self.info[i] for i in self._live]:
+            if s.state == ACTIVE and ts - s.seen > cfg.lost_after_s:
+                s.state = LOST
+                if self._exit_distance(s.x, s.y) <= cfg.exit_margin_m:
+                    left.append(self._retire(s, s.seen))
+        links = self.links.setdefault(camera, {})
+        if links:
+            seen_tids = {t.track_id for t in tracks}
+            for tid in [tid for tid in links if tid not in seen_tids]:
+                del links[tid]
         if not tracks:
-            return {}
+            return left
 
-        m = len(tracks)
-        z = np.array([t.floor for t in tracks], float)
-        cov = np.array([t.cov for t in tracks], float)
-        R = np.zeros((m, 2, 2))
-        R[:, 0, 0] = cov[:, 0] + cfg.min_meas_sd ** 2
-        R[:, 1, 1] = cov[:, 2] + cfg.min_meas_sd ** 2
-        R[:, 0, 1] = R[:, 1, 0] = cov[:, 1]
+        mvar = cfg.min_meas_sd ** 2
+        meas = [(t.floor[0], t.floor[1], t.cov[0] + mvar, t.cov[1], t.cov[2] + mvar) for t in tracks]
+        live = list(self._live)
+        gate_m = cfg.max_gate_m
+        cost = [[_BIG] * len(live) for _ in tracks]
+        linked_slot = [links.get(t.track_id) for t in tracks]
+        for j, slot in enumerate(live):
+            s = self.info[slot]
+            dt = max(ts - s.t, 0.0)
+            px, py = s.x + s.vx * dt, s.y + s.vy * dt
+            cov = None
+            for r, (zx, zy, rxx, rxy, ryy) in enumerate(meas):
+                dx, dy = zx - px, zy - py
+                linked = linked_slot[r] == slot
+                if not linked and (s.state == LOST or abs(dx) > gate_m or abs(dy) > gate_m):
+                    continue  # lost shoppers only through their link; far pairs never
+                if cov is None:
+                    cov = _pos_cov(s, dt, q)
+                _, _, sxx, sxy, syy = cov
+                a, b, c = sxx + rxx, sxy + rxy, syy + ryy
+                d2 = (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / (a * c - b * b)
+                if linked and d2 < cfg.link_gate_chi2:
+                    cost[r][j] = d2 * cfg.link_bonus
+                elif not linked and d2 < cfg.gate_chi2:
+                    cost[r][j] = d2
+        assigned = {r: live[j] for r, j in _assign(cost)}
 
-        assigned: dict[int, int] = {}  # track row -> shopper slot
-        if live.size:
-            Xp, Pp = self._predict(ts, live)
-            S = Pp[None, :, :2, :2] + R[:, None]  # (m, n, 2, 2)
-            d = z[:, None, :] - Xp[None, :, :2]
-            a, b, c = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
-            det = a * c - b * b
-            d2 = (c * d[..., 0] ** 2 - 2 * b * d[..., 0] * d[..., 1] + a * d[..., 1] ** 2) / det
-            cost = np.where(d2 < cfg.gate_chi2, d2, _BIG)
-            pos = {int(s): j for j, s in enumerate(live)}
-            linked = np.zeros_like(cost, dtype=bool)
-            for r, t in enumerate(tracks):
-                slot = self.links.get((camera, t.track_id))
-                if slot is not None and slot in pos:
-                    j = pos[slot]
-                    linked[r, j] = True
-                    if d2[r, j] < cfg.link_gate_chi2:
-                        cost[r, j] = d2[r, j] * cfg.link_bonus
-            # lost shoppers may only be matched through their link or by recovery below
-            lost_cols = self.state[live] == LOST
-            if lost_cols.any():
-                cost[:, lost_cols] = np.where(linked[:, lost_cols], cost[:, lost_cols], _BIG)
-            rows, cols = _assign(cost)
-            for r, j in zip(rows, cols, strict=True):
-                if cost[r, j] < _BIG:
-                    assigned[int(r)] = int(live[j])
-
-        # unmatched tracks: same shopper seen by this camera for the first time, a lost one, or a new one
+        # unmatched tracks: the same shopper seen by this camera for the first time, a lost one, or a new one
         taken = set(assigned.values())
-        claims: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        for r in range(m):
+        for r, (zx, zy, rxx, rxy, ryy) in enumerate(meas):
             if r in assigned:
                 continue
-            if claims is None:
-                claims = self._claim_candidates(ts)
-            slot = self._claim(z[r], taken, claims)
+            slot = self._claim(ts, zx, zy, taken, q)
             if slot is None:
-                origin = "gate" if self._near_gate(z[r]) else "unknown"
-                if self._in_exit(z[r]):
+                if self._in_exit(zx, zy):
                     continue  # someone outside the exit or walking out: not a shopper to track
-                slot = self._spawn(ts, z[r], R[r], origin)
+                slot = self._spawn(ts, zx, zy, rxx, rxy, ryy, "gate" if self._near_gate(zx, zy) else "unknown")
             assigned[r] = slot
             taken.add(slot)
 
-        out: dict[int, str] = {}
-        slots = np.array([assigned[r] for r in sorted(assigned)], int)
-        rows = np.array(sorted(assigned), int)
-        if slots.size:
-            Xp, Pp = self._predict(ts, slots)
-            S = Pp[:, :2, :2] + R[rows]
-            Sinv = np.linalg.inv(S)
-            K = Pp[:, :, :2] @ Sinv  # (k, 4, 2)
-            innov = z[rows] - Xp[:, :2]
-            Xn = Xp + np.einsum("kij,kj->ki", K, innov)
-            Pn = Pp - K @ Pp[:, :2, :]
-            speed = np.hypot(Xn[:, 2], Xn[:, 3])
-            over = speed > cfg.max_speed_mps
-            Xn[over, 2:] *= (cfg.max_speed_mps / speed[over])[:, None]
-            self.X[slots], self.P[slots], self.t[slots], self.seen[slots] = Xn, Pn, ts, ts
-            self.state[slots] = ACTIVE
-            for r, s in zip(rows, slots, strict=True):
-                t = tracks[r]
-                inf = self.info[s]
-                self.links[(camera, t.track_id)] = int(s)
-                inf.path.append((ts, float(self.X[s, 0]), float(self.X[s, 1])))
-                inf.cameras.add(camera)
-                for side, o, dvec, conf in t.wrists:
-                    inf.wrists.append((ts, camera, side, *map(float, o), *map(float, dvec), float(conf)))
-                out[t.track_id] = inf.id
-        self._check_exits(ts)
-        return out
+        vmax = cfg.max_speed_mps
+        for r in sorted(assigned):
+            slot = assigned[r]
+            s = self.info[slot]
+            zx, zy, rxx, rxy, ryy = meas[r]
+            _predict(s, ts, q)
+            _update(s, zx, zy, rxx, rxy, ryy)
+            speed = math.hypot(s.vx, s.vy)
+            if speed > vmax:
+                s.vx *= vmax / speed
+                s.vy *= vmax / speed
+            s.seen = ts
+            s.state = ACTIVE
+            t = tracks[r]
+            links[t.track_id] = slot
+            s.path.append((ts, s.x, s.y))
+            s.cameras.add(camera)
+            for side, o, dvec, conf in t.wrists:
+                s.wrists.append((ts, camera, side, float(o[0]), float(o[1]), float(o[2]),
+                                 float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
+            if self._in_exit(s.x, s.y):
+                left.append(self._retire(s, ts))
+        return left
 
-    def _claim_candidates(self, ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shoppers an unmatched track may belong to at ``ts``: slots, predicted positions and the radius
-        within which each claims a track (the recovery radius of a lost one grows with the time lost)."""
-        cfg = self.cfg
-        idx = np.nonzero(self.state != LEFT)[0]
-        if not idx.size:
-            return idx, np.zeros((0, 2)), np.zeros(0)
-        Xp, _ = self._predict(ts, idx)
-        radius = np.where(self.state[idx] == LOST,
-                          cfg.recover_radius_m + cfg.recover_speed_mps * (ts - self.seen[idx]),
-                          cfg.dedupe_radius_m)
-        return idx, Xp[:, :2], radius
-
-    def _claim(self, z: np.ndarray, taken: set[int],
-               candidates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int | None:
+    def _claim(self, ts: float, zx: float, zy: float, taken: set[int], q: float) -> int | None:
         """A shopper this unmatched track should belong to: one close by that this camera does not see
         right now (a hand-off), or a lost one within the recovery radius; the nearest, the first on ties."""
-        idx, xy, radius = candidates
-        if not idx.size:
-            return None
-        d = np.hypot(xy[:, 0] - z[0], xy[:, 1] - z[1])
-        ok = d < radius
-        if taken:
-            ok &= ~np.isin(idx, np.fromiter(taken, int, len(taken)))
-        if not ok.any():
-            return None
-        j = int(np.argmin(np.where(ok, d, np.inf)))
-        return int(idx[j])
+        cfg = self.cfg
+        best, best_d = None, math.inf
+        for slot in self._live:
+            if slot in taken:
+                continue
+            s = self.info[slot]
+            dt = max(ts - s.t, 0.0)
+            d = math.hypot(s.x + s.vx * dt - zx, s.y + s.vy * dt - zy)
+            if s.state == LOST:
+                radius = cfg.recover_radius_m + cfg.recover_speed_mps * (ts - s.seen)
+            else:
+                radius = cfg.dedupe_radius_m
+            if d < radius and d < best_d:
+                best, best_d = slot, d
+        return best
 
-    def _check_exits(self, ts: float) -> None:
-        idx = np.nonzero(self.state != LEFT)[0]
-        if not idx.size:
-            return
-        for s in idx[self._in_exits(self.X[idx, :2])]:
-            self.retire(int(s), ts)
+    def _spawn(self, ts: float, x: float, y: float, rxx: float, rxy: float, ryy: float, origin: str) -> int:
+        slot = len(self.info)
+        sid = f"s{self._next}"
+        self._next += 1
+        s = ShopperInfo(sid, ts, origin, t=ts, seen=ts, x=x, y=y, p00=rxx, p01=rxy, p11=ryy)
+        self.info.append(s)
+        self._by_id[sid] = slot
+        self._live.append(slot)
+        log.debug("new shopper %s at (%.2f, %.2f) origin=%s", sid, x, y, origin)
+        return slot
 
-    def retire(self, s: int, ts: float) -> None:
-        self.state[s] = LEFT
-        self.info[s].exited_t = ts
-        for key in [k for k, v in self.links.items() if v == s]:
-            del self.links[key]
+    def _retire(self, s: ShopperInfo, ts: float) -> str:
+        slot = self._by_id[s.id]
+        s.state = LEFT
+        s.exited_t = ts
+        self._live.remove(slot)
+        for cam_links in self.links.values():
+            for tid in [tid for tid, v in cam_links.items() if v == slot]:
+                del cam_links[tid]
+        return s.id
+
+    def retire(self, slot: int, ts: float) -> str:
+        return self._retire(self.info[slot], ts)
 
     def prune(self, now: float) -> None:
         """Drop history older than the configured span (positions and wrists)."""

@@ -64,7 +64,6 @@ from fusion import store_db
 from fusion.config import FusionConfig
 from fusion.db import Database
 from fusion.engine import CartChanged, Effect, FusionEngine, Unassigned, VisitOpened, VisitSettled
-from fusion.floor import LEFT
 from fusion.metrics import FusionMetrics
 from fusion.payments import InvalidState, NotFound, PaymentError, PaymentGateway
 from wire.codec import WireError, decode, encode
@@ -726,10 +725,9 @@ class FusionService:
     def _sample_trajectories(self) -> None:
         floor = self.engine.floor
         hz = self.settings.trajectory_hz
-        if hz <= 0 or not len(floor.state):
+        if hz <= 0:
             return
-        for i in (floor.state != LEFT).nonzero()[0]:
-            inf = floor.info[int(i)]
+        for inf in floor.live():
             if inf.visit is None or not inf.path:
                 continue
             t, x, y = inf.path[-1]

@@ -41,6 +41,7 @@ class Visits:
         self.bind_after_s = bind_after_s
         self.visits: dict[str, Visit] = {}
         self.by_shopper: dict[str, str] = {}
+        self.unfilled: dict[str, Visit] = {}  # open visits with slots not yet bound to shoppers
 
     def visit_id(self, gate: str, ts: float, account: str) -> str:
         base = f"{gate}-{int(round(ts * 1000))}"
@@ -56,15 +57,22 @@ class Visits:
             return self.visits[vid]
         v = Visit(vid, account, gate, party_size, ts)
         self.visits[vid] = v
+        self.unfilled[vid] = v
         log.info("visit %s opened for account %s (party of %d) at gate %s", vid, account, party_size, gate)
         return v
 
+    def _tidy(self) -> None:
+        for vid in [vid for vid, v in self.unfilled.items() if v.open_slots <= 0 or v.exited_at is not None]:
+            del self.unfilled[vid]
+
+    def has_pending(self, now: float) -> bool:
+        return any(now - v.entered_at <= self.bind_after_s and v.open_slots > 0 for v in self.unfilled.values())
+
     def pending(self, now: float) -> list[Visit]:
         """Visits still waiting for shoppers, oldest first."""
-        return sorted(
-            (v for v in self.visits.values() if v.open_slots > 0 and now - v.entered_at <= self.bind_after_s),
-            key=lambda v: v.entered_at,
-        )
+        self._tidy()
+        return sorted((v for v in self.unfilled.values() if now - v.entered_at <= self.bind_after_s),
+                      key=lambda v: v.entered_at)
 
     def bind(self, now: float, candidates: list[tuple[str, float, np.ndarray]]) -> list[tuple[str, str]]:
         """Fill open visits with unbound shoppers.
@@ -89,5 +97,5 @@ class Visits:
 
     def pending_close(self, now: float, wait_s: float) -> list[Visit]:
         """Open visits past their binding window that still lack shoppers (checked for closing)."""
-        return [v for v in self.visits.values()
-                if v.exited_at is None and v.open_slots > 0 and now - v.entered_at > wait_s]
+        self._tidy()
+        return [v for v in self.unfilled.values() if now - v.entered_at > wait_s]
