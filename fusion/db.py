@@ -484,6 +484,15 @@ ops_event_evidence = sa.Table(
     sa.Index(None, "t_end"),
 )
 
+#: The review queue's order (open items, oldest first): the queue page reads its first rows only.
+sa.Index(
+    "ix_review_items_open_queue",
+    review_items.c.created_at,
+    review_items.c.id,
+    sqlite_where=sa.text("state = 'open'"),
+    postgresql_where=sa.text("state = 'open'"),
+)
+
 #: Tables whose rows may never be updated or deleted (enforced by triggers).
 APPEND_ONLY_TABLES = ("audit_log", "payment_methods", "payment_records")
 

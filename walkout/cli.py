@@ -17,6 +17,7 @@ COMMANDS = [
     "walkout.commands.calibrate",
     "walkout.commands.sim",
     "walkout.commands.fusion",
+    "walkout.commands.ops",
 ]
 
 log = logging.getLogger("walkout")
