@@ -13,7 +13,7 @@ probability is the line's confidence; the margin to the runner-up decides whethe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,11 +45,21 @@ def box_frames(boxes: list[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return c, h, np.cos(yaw), np.sin(yaw)
 
 
-def segment_box_distance(a: np.ndarray, b: np.ndarray, boxes: list[Box], iters: int = 40) -> np.ndarray:
-    """Distance from segments ``a[i] -> b[i]`` (N, 3) to the nearest of ``boxes`` (N,).
+def _signed(p: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Signed distance of points in box-local coordinates (..., 3) to boxes of half sizes ``h``: positive
+    outside (Euclidean), negative inside (minus the depth to the nearest face)."""
+    over = np.abs(p) - h
+    outside = np.sqrt((np.maximum(over, 0.0) ** 2).sum(-1))
+    inside = np.minimum(over.max(-1), 0.0)
+    return outside + inside
 
-    The distance from a point on a segment to a convex box is convex along the segment, so a golden-section
-    search on each segment (vectorised over segments and boxes) finds its minimum.
+
+def segment_box_distance(a: np.ndarray, b: np.ndarray, boxes: list[Box], iters: int = 40) -> np.ndarray:
+    """Smallest signed distance (negative inside) from segments ``a[i] -> b[i]`` (N, 3) to the nearest of
+    ``boxes`` (N,).
+
+    The signed distance to a convex box is convex along a segment, so a golden-section search on each
+    segment (vectorised over segments and boxes) finds its minimum.
     """
     a = np.asarray(a, float).reshape(-1, 3)
     b = np.asarray(b, float).reshape(-1, 3)
@@ -66,9 +76,7 @@ def segment_box_distance(a: np.ndarray, b: np.ndarray, boxes: list[Box], iters: 
     la, lb = local(a), local(b)
 
     def dist(s: np.ndarray) -> np.ndarray:  # s: (N, B)
-        p = la + (lb - la) * s[..., None]
-        q = np.maximum(np.abs(p) - h[None], 0.0)
-        return np.sqrt((q * q).sum(-1))
+        return _signed(la + (lb - la) * s[..., None], h[None])
 
     lo = np.zeros(la.shape[:2])
     hi = np.ones(la.shape[:2])
@@ -104,18 +112,19 @@ def _path_at(path: list[tuple[float, float, float]], ts: np.ndarray) -> np.ndarr
 
 
 def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes: list[Box],
-                    cfg: AssociationConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-instant distance of this shopper's nearest wrist to the boxes.
+                    cfg: AssociationConfig) -> WristEvidence:
+    """Per-instant signed distance (negative inside) of this shopper's nearest wrist to the boxes.
 
     At each instant the wrist rays of all cameras are grouped into wrists (rays of different cameras that
     pass within ``TRIANGULATE_M`` of each other, within reach of the body; left/right labels are not trusted
     across views); a wrist seen by two or more cameras is triangulated and its distance measured exactly, a
     wrist seen by one camera gives a lower bound (the nearest point of its ray segment within reach).
-    Returns (times, distances, cameras that contributed)."""
+    """
     info = floor.info[slot]
     obs = [w for w in info.wrists if t0 <= w[0] <= t1]
+    none = WristEvidence(np.zeros(0), np.zeros(0), np.zeros(0), [])
     if not obs or not info.path:
-        return np.zeros(0), np.zeros(0), []
+        return none
     arr = np.array([(w[0], *w[3:9]) for w in obs], float)  # t, ox..dz
     cams = np.array([w[1] for w in obs])
     t = arr[:, 0]
@@ -124,7 +133,7 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
     s_lo, s_hi = _reach_interval(o, d, body, cfg.reach_m)
     ok = s_hi > s_lo
     if not ok.any():
-        return np.zeros(0), np.zeros(0), []
+        return none
     t, o, d, cams, body, s_lo, s_hi = t[ok], o[ok], d[ok], cams[ok], body[ok], s_lo[ok], s_hi[ok]
     bound = segment_box_distance(o + d * s_lo[:, None], o + d * s_hi[:, None], boxes)
     inst = np.round(t / INSTANT_S).astype(np.int64)
@@ -150,7 +159,10 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
         groups_of = _group_pairs(len(inst), pi[close], pj[close], gap[close], cam_id)
     # triangulate the groups seen by two or more cameras, all at once
     multi = [g for g in groups_of if len(g) >= 2]
-    dist = {g[0]: float(bound[g[0]]) for g in groups_of if len(g) == 1}
+    multi_first = {g[0] for g in multi}
+    # one camera's ray pins the hand to a line, and a ceiling camera's line to a hand on a low shelf passes
+    # through the shelves above it: such a wrist only bounds the distance from below, never earns depth
+    dist = {g[0]: max(float(bound[g[0]]), 0.0) for g in groups_of if len(g) == 1}
     if multi:
         pts = _triangulate_many(o, d, multi)
         heads = np.array([g[0] for g in multi])
@@ -159,14 +171,53 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
         pd = points_box_distance(pts, boxes)
         for g, ok_, dv in zip(multi, near.tolist(), pd.tolist(), strict=True):
             dist[g[0]] = dv if ok_ else np.inf
-    best: dict[int, float] = {}
+    tri: dict[int, float] = {}
+    single: dict[int, float] = {}
+    n_tri: dict[int, int] = {}  # wrists located (triangulated, within reach) per instant
     for first, dv in dist.items():
         k = int(inst[first])
-        if dv < best.get(k, np.inf):
-            best[k] = dv
-    keys = sorted(best)
-    return (np.array(keys, float) * INSTANT_S, np.array([best[k] for k in keys]),
-            sorted(set(cams.tolist())))
+        into = tri if first in multi_first else single
+        if dv < into.get(k, np.inf):
+            into[k] = dv
+        if first in multi_first and np.isfinite(dv):
+            n_tri[k] = n_tri.get(k, 0) + 1
+    keys = sorted(set(tri) | set(single))
+    return WristEvidence(np.array(keys, float) * INSTANT_S,
+                         np.array([tri.get(k, np.inf) for k in keys]),
+                         np.array([single.get(k, np.inf) for k in keys]),
+                         sorted(set(cams.tolist())),
+                         np.array([n_tri.get(k, 0) for k in keys], int))
+
+
+@dataclass
+class WristEvidence:
+    """Per instant: the nearest triangulated wrist's signed distance to the lanes (inf if no wrist was seen
+    by two cameras) and the nearest one-camera lower bound (inf if none)."""
+
+    times: np.ndarray
+    triangulated: np.ndarray
+    single: np.ndarray
+    cameras: list[str]
+    located: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # wrists triangulated per instant
+
+    def excluded(self, t0: float, t1: float, far: float) -> float:
+        """Fraction of the instants in [t0, t1] at which both wrists were located and both were farther
+        than ``far`` from the lanes: the shopper's hands were demonstrably elsewhere."""
+        sel = (self.times >= t0) & (self.times <= t1)
+        if not sel.any():
+            return 0.0
+        out = (self.located[sel] >= 2) & (self.triangulated[sel] > far)
+        return float(out.mean())
+
+    def distance(self, k: int) -> float | None:
+        """The k-th smallest distance over the instants: from triangulated wrists when there are k of them
+        (one-camera bounds are weak near stacked shelves), else from everything."""
+        tri = np.sort(self.triangulated[np.isfinite(self.triangulated)])
+        if tri.size >= k:
+            return float(tri[k - 1])
+        both = np.sort(np.minimum(self.triangulated, self.single))
+        both = both[np.isfinite(both)]
+        return float(both[min(k, both.size) - 1]) if both.size else None
 
 
 TRIANGULATE_M = 0.08  # rays of one wrist from different cameras pass this close
@@ -219,13 +270,12 @@ def _triangulate_many(o: np.ndarray, d: np.ndarray, groups: list[list[int]]) -> 
 
 
 def points_box_distance(p: np.ndarray, boxes: list[Box]) -> np.ndarray:
-    """Distance of points (N, 3) to the nearest of the boxes (N,)."""
+    """Signed distance (negative inside) of points (N, 3) to the nearest of the boxes (N,)."""
     c, h, cs, sn = box_frames(boxes)
     dd = p[:, None, :] - c[None]
     x = dd[..., 0] * cs + dd[..., 1] * sn
     y = -dd[..., 0] * sn + dd[..., 1] * cs
-    q = np.maximum(np.abs(np.stack([x, y, dd[..., 2]], -1)) - h[None], 0.0)
-    return np.sqrt((q * q).sum(-1)).min(axis=1)
+    return _signed(np.stack([x, y, dd[..., 2]], -1), h[None]).min(axis=1)
 
 
 def _reach_interval(o: np.ndarray, d: np.ndarray, body: np.ndarray, reach: float
@@ -252,12 +302,22 @@ def _reach_interval(o: np.ndarray, d: np.ndarray, body: np.ndarray, reach: float
     return lo, hi
 
 
+def wrist_log_score(v: float, cfg: AssociationConfig) -> float:
+    """Log-likelihood of a hand at signed distance ``v`` from the lanes having done the event: rising with
+    the depth inside (up to ``inside_cap_m``, so a hand in the middle of a lane beats one at its edge),
+    falling fast outside."""
+    depth = min(max(-v, 0.0), cfg.inside_cap_m)
+    out = min(max(v, 0.0), cfg.outside_cap_m)  # beyond that: no hand seen at the lane, whatever the distance
+    return depth / cfg.inside_scale_m - out / cfg.inside_scale_m - 0.5 * (out / cfg.wrist_sd_m) ** 2
+
+
 def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
               cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
     """Score every shopper present around the event and pick the most likely one."""
     t0, t1 = t_start - cfg.window_pad_s, t_end + cfg.window_pad_s
     scores: dict[str, float] = {}
     wdist: dict[str, float] = {}
+    bodies: dict[str, float] = {}
     cams_of: dict[str, list[str]] = {}
     for slot, info in enumerate(floor.info):
         if eligible is not None and info.id not in eligible:
@@ -268,14 +328,17 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
         if body > cfg.candidate_radius_m:
             continue
-        _, per, cams = wrist_distances(floor, slot, t0, t1, boxes, cfg)
-        finite = np.sort(per[np.isfinite(per)])
+        ev = wrist_distances(floor, slot, t0, t1, boxes, cfg)
+        cams = ev.cameras
         # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
-        dw = float(finite[min(cfg.persist_instants, finite.size) - 1]) if finite.size else cfg.no_wrist_distance_m
+        d_k = ev.distance(cfg.persist_instants)
+        dw = cfg.no_wrist_distance_m if d_k is None else d_k
         wdist[info.id] = dw
+        bodies[info.id] = float(body)
         cams_of[info.id] = cams
         body_excess = max(0.0, body - cfg.body_free_m)
-        log_score = -0.5 * (dw / cfg.wrist_sd_m) ** 2 - 0.5 * (body_excess / cfg.body_sd_m) ** 2
+        excl = ev.excluded(t_start, t_end, cfg.outside_cap_m)
+        log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
         scores[info.id] = log_score
     if not scores:
         return Association(None, 0.0, 0.0, None, None, {}, [], True, "no shopper near the lanes")
@@ -291,6 +354,6 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
     reason = ""
     if margin < cfg.min_margin:
         reason = f"margin {margin:.2f} to {runner} below {cfg.min_margin}"
-    elif wdist[best] > cfg.max_wrist_distance_m:
+    elif wdist[best] > cfg.max_wrist_distance_m and bodies[best] > cfg.at_lane_m:
         reason = f"no wrist seen within {cfg.max_wrist_distance_m} m of the lane"
     return Association(best, p, margin, runner, wdist[best], probs, cams_of[best], bool(reason), reason)

@@ -16,9 +16,6 @@ class _Cfg(BaseModel):
 class FloorConfig(_Cfg):
     process_noise: float = Field(1.5, gt=0, title="Acceleration noise", description="m/s^2, constant-velocity KF")
     min_meas_sd: float = Field(0.05, gt=0, title="Minimum measurement sd", description="m, added to floor_cov")
-    max_gate_m: float = Field(3.0, gt=0, title="Gate distance",
-                              description="Track-to-shopper pairs farther apart than this on either axis are "
-                                          "never matched (saves scoring them)")
     gate_chi2: float = Field(16.0, gt=0, title="Gate", description="Mahalanobis^2 gate for a new camera track")
     link_gate_chi2: float = Field(60.0, gt=0, title="Link gate",
                                   description="Mahalanobis^2 gate for a (camera, track) already linked")
@@ -29,9 +26,24 @@ class FloorConfig(_Cfg):
                                     description="Base radius to give a lost shopper a new camera track")
     recover_speed_mps: float = Field(1.2, ge=0, title="Recovery speed",
                                      description="Radius grows by this per second lost")
-    dedupe_radius_m: float = Field(0.45, gt=0, title="Duplicate radius",
-                                   description="An unmatched track this close to a shopper the camera does not "
-                                               "already see is that shopper, not a new one")
+    handoff_chi2: float = Field(40.0, gt=0, title="Hand-off gate",
+                                description="Mahalanobis^2 within which a left-over track joins an active shopper "
+                                            "this camera does not see right now")
+    recover_max_m: float = Field(6.0, gt=0, title="Recovery limit",
+                                 description="Largest radius for giving a lost shopper a track away from the gate")
+    head_height_m: float = Field(1.60, gt=0.5, lt=2.5, title="Typical head height",
+                                 description="Prior head height of a new shopper, metres")
+    head_height_sd_m: float = Field(0.15, gt=0, title="Head height spread", description="Its prior sd")
+    head_height_range: tuple[float, float] = Field((1.0, 2.1), title="Head height bounds",
+                                                   description="The filtered head height stays within these")
+    head_height_noise: float = Field(0.05, ge=0, title="Head height noise",
+                                     description="How fast the head height may change (crouch, lean), m/sqrt(s)")
+    min_head_conf: float = Field(0.3, ge=0, le=1, title="Head confidence",
+                                 description="Head keypoints below this are not used as rays")
+    head_ray_sd_m: float = Field(0.04, gt=0, title="Head ray sd",
+                                 description="Spread of the head across its ray, metres (plus per metre of range)")
+    head_ray_sd_per_m: float = Field(0.02, ge=0, title="Head ray sd per metre",
+                                     description="Added spread across the ray per metre from the camera")
     spawn_margin_m: float = Field(1.0, ge=0, title="Spawn margin",
                                   description="New shoppers appear within this distance of an entry gate")
     exit_margin_m: float = Field(1.0, ge=0, title="Exit margin",
@@ -47,6 +59,15 @@ class AssociationConfig(_Cfg):
                                       description="Shoppers farther than this from the lanes are not candidates")
     reach_m: float = Field(1.0, gt=0, title="Reach", description="Horizontal reach of a wrist from the body")
     wrist_sd_m: float = Field(0.05, gt=0, title="Wrist sd", description="Spread of wrist-to-lane distances")
+    inside_cap_m: float = Field(0.08, ge=0, title="Depth credit limit",
+                                description="A hand deeper inside the lane than this earns no more credit")
+    inside_scale_m: float = Field(0.025, gt=0, title="Depth scale",
+                                  description="Log-likelihood gained per this many metres of depth into the lane")
+    outside_cap_m: float = Field(0.2, gt=0, title="Outside limit",
+                                 description="Wrist distances beyond this all mean 'no hand seen at the lane'")
+    exclusion_weight: float = Field(8.0, ge=0, title="Exclusion weight",
+                                    description="Log-likelihood lost over an event during which both of a "
+                                                "shopper's wrists were located away from the lanes")
     persist_instants: int = Field(3, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
     body_free_m: float = Field(0.75, ge=0, title="Body free distance",
@@ -58,6 +79,9 @@ class AssociationConfig(_Cfg):
                               description="A line whose winner leads the runner-up by less is uncertain")
     max_wrist_distance_m: float = Field(0.3, gt=0, title="Maximum wrist distance",
                                         description="If the best wrist is farther from the lane, uncertain")
+    at_lane_m: float = Field(0.5, ge=0, title="At the lane",
+                             description="A winner standing this close to the lanes needs no wrist seen there "
+                                         "(a hand in a low shelf is hidden from the ceiling)")
     min_candidate_p: float = Field(0.8, ge=0, le=1, title="Minimum product probability",
                                    description="A product identification below this is uncertain")
     delay_s: float = Field(0.3, ge=0, title="Association delay",

@@ -1,18 +1,21 @@
 """Floor tracking across cameras: each camera's tracks become global shoppers in the store frame.
 
-``FloorTracker.update(camera, ts, tracks)`` takes one camera frame's tracks (floor position and covariance,
-wrist rays) and returns the shopper id each track was given.  Every shopper is a constant-velocity Kalman
-filter on the floor; a camera's tracks are matched to shoppers by Mahalanobis distance with the published
-covariances (one-to-one within a camera frame, so two people side by side are never merged), preferring the
-shopper a (camera, track id) was linked to before (hand-off between cameras keeps one id).  Shoppers appear
-only near an entry gate; a track elsewhere first tries to recover a lost shopper (one not seen for a while)
-within a radius that grows with the time lost, and only then becomes an unknown shopper.  A shopper whose
-filtered position enters an exit region, or who is lost next to one, has left.
+``FloorTracker.update(camera, ts, tracks)`` takes one camera frame's tracks and folds them into the shoppers.
 
-This runs for every camera frame of every camera (hundreds per second in a store), on a handful of tracks
-against a few dozen shoppers, so the filter is written out in plain floats (a symmetric 4x4 covariance as 10
-numbers): at these sizes that is several times faster than numpy, whose per-call overhead dominates.  Pairs
-farther apart than ``FloorConfig.max_gate_m`` are never scored.
+Every shopper is a Kalman filter on its head: position and velocity on the floor and the head's height,
+``(x, y, vx, vy, h)``.  A camera track measures it through the ray of its head keypoint: the head lies on that
+ray, which is a linear constraint on ``(x, y, h)`` (its offsets along two directions perpendicular to the ray
+are zero).  One camera pins the head to a line; a second camera's ray crosses it and fixes the height, so
+heads are triangulated across cameras instead of being cut at an assumed height, and each camera's track is
+judged against the shopper with the covariance that geometry implies (long along the ray, tight across it).
+A track without a head ray measures the floor position with its published covariance instead.
+
+Matching is one-to-one within a camera frame (two people side by side are never merged), by Mahalanobis
+distance, preferring the shopper a (camera, track id) was linked to before (hand-offs keep one id).  A track
+left over goes to a shopper this camera does not see right now if it is close enough (a camera picking up a
+shopper), else to a lost shopper (recovery: near the gate only a close one, elsewhere the nearest, since
+nobody enters except through the gate), else it becomes a new shopper (``gate`` origin near an entry gate,
+``unknown`` elsewhere).  A shopper whose position enters an exit, or who is lost next to one, has left.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ACTIVE, LOST, LEFT = 0, 1, 2
 _BIG = 1e9
+_POS = [0, 1, 4]  # x, y, h in the state vector
 
 
 @dataclass
@@ -43,12 +47,13 @@ class TrackObs:
     cov: tuple[float, float, float]  # xx, xy, yy
     wrists: list[tuple[int, Sequence[float], Sequence[float], float]] = field(default_factory=list)
     # (0 = left / 1 = right, ray origin (3,), ray dir (3,), confidence); arrays or tuples of floats
+    head: tuple[Sequence[float], Sequence[float]] | None = None  # head ray (origin, unit dir), if seen
 
 
 @dataclass(eq=False)
 class ShopperInfo:
-    """A shopper on the floor: identity, history, and the Kalman state (x, y, vx, vy; covariance entries
-    ``pij`` of the symmetric 4x4) at time ``t``."""
+    """A shopper on the floor: identity, history, and the filter state ``m`` = (x, y, vx, vy, h) with
+    covariance ``P`` at time ``t``."""
 
     id: str
     created_t: float
@@ -62,101 +67,38 @@ class ShopperInfo:
     state: int = ACTIVE
     t: float = 0.0
     seen: float = 0.0
-    x: float = 0.0
-    y: float = 0.0
-    vx: float = 0.0
-    vy: float = 0.0
-    p00: float = 0.0
-    p01: float = 0.0
-    p02: float = 0.0
-    p03: float = 0.0
-    p11: float = 0.0
-    p12: float = 0.0
-    p13: float = 0.0
-    p22: float = 1.0
-    p23: float = 0.0
-    p33: float = 1.0
+    m: np.ndarray = field(default_factory=lambda: np.zeros(5))
+    P: np.ndarray = field(default_factory=lambda: np.eye(5))
+
+    @property
+    def x(self) -> float:
+        return float(self.m[0])
+
+    @property
+    def y(self) -> float:
+        return float(self.m[1])
 
     @property
     def xy(self) -> np.ndarray:
-        return np.array([self.x, self.y])
+        return self.m[:2].copy()
 
 
-def _pos_cov(s: ShopperInfo, dt: float, q: float) -> tuple[float, float, float, float, float]:
-    """Predicted position and position covariance (x, y, pxx, pxy, pyy) after ``dt`` seconds."""
-    dt2 = dt * dt
-    return (s.x + s.vx * dt, s.y + s.vy * dt,
-            s.p00 + 2 * dt * s.p02 + dt2 * s.p22 + q * dt2 * dt / 3,
-            s.p01 + dt * (s.p03 + s.p12) + dt2 * s.p23,
-            s.p11 + 2 * dt * s.p13 + dt2 * s.p33 + q * dt2 * dt / 3)
+@dataclass
+class _Meas:
+    """A track as a linear measurement ``z = H @ (x, y, h) + noise(R)``."""
+
+    H: np.ndarray  # (2, 3)
+    z: np.ndarray  # (2,)
+    R: np.ndarray  # (2, 2)
+    floor: np.ndarray  # (2,) the track's own floor estimate (for spawning and distances)
+    init_P: np.ndarray  # (3, 3) covariance of (x, y, h) for a shopper born from this track
 
 
-def _predict(s: ShopperInfo, ts: float, q: float) -> None:
-    """Constant velocity with continuous white-noise acceleration ``q`` (per axis), in place."""
-    dt = ts - s.t
-    if dt <= 0:
-        return
-    dt2 = dt * dt
-    q3, q2, q1 = q * dt2 * dt / 3, q * dt2 / 2, q * dt
-    s.x += s.vx * dt
-    s.y += s.vy * dt
-    p02, p03, p12, p13, p22, p23, p33 = s.p02, s.p03, s.p12, s.p13, s.p22, s.p23, s.p33
-    s.p00 += 2 * dt * p02 + dt2 * p22 + q3
-    s.p01 += dt * (p03 + p12) + dt2 * p23
-    s.p02 = p02 + dt * p22 + q2
-    s.p03 = p03 + dt * p23
-    s.p11 += 2 * dt * p13 + dt2 * p33 + q3
-    s.p12 = p12 + dt * p23
-    s.p13 = p13 + dt * p33 + q2
-    s.p22 = p22 + q1
-    s.p33 = p33 + q1
-    s.t = ts
-
-
-def _update(s: ShopperInfo, zx: float, zy: float, r00: float, r01: float, r11: float) -> None:
-    """Kalman update with a floor position measurement, in place (``K = P[:, :2] S^-1``,
-    ``P -= K P[:2, :]``, written out)."""
-    p00, p01, p02, p03, p11, p12, p13 = s.p00, s.p01, s.p02, s.p03, s.p11, s.p12, s.p13
-    a, b, c = p00 + r00, p01 + r01, p11 + r11
-    det = a * c - b * b
-    i00, i01, i11 = c / det, -b / det, a / det
-    k00, k01 = p00 * i00 + p01 * i01, p00 * i01 + p01 * i11
-    k10, k11 = p01 * i00 + p11 * i01, p01 * i01 + p11 * i11
-    k20, k21 = p02 * i00 + p12 * i01, p02 * i01 + p12 * i11
-    k30, k31 = p03 * i00 + p13 * i01, p03 * i01 + p13 * i11
-    ex, ey = zx - s.x, zy - s.y
-    s.x += k00 * ex + k01 * ey
-    s.y += k10 * ex + k11 * ey
-    s.vx += k20 * ex + k21 * ey
-    s.vy += k30 * ex + k31 * ey
-    s.p00 = p00 - (k00 * p00 + k01 * p01)
-    s.p01 = p01 - (k00 * p01 + k01 * p11)
-    s.p02 = p02 - (k00 * p02 + k01 * p12)
-    s.p03 = p03 - (k00 * p03 + k01 * p13)
-    s.p11 = p11 - (k10 * p01 + k11 * p11)
-    s.p12 = p12 - (k10 * p02 + k11 * p12)
-    s.p13 = p13 - (k10 * p03 + k11 * p13)
-    s.p22 = s.p22 - (k20 * p02 + k21 * p12)
-    s.p23 = s.p23 - (k20 * p03 + k21 * p13)
-    s.p33 = s.p33 - (k30 * p03 + k31 * p13)
-
-
-def _assign(cost: list[list[float]]) -> list[tuple[int, int]]:
-    """Minimum-cost one-to-one pairs (row, col) with cost below ``_BIG``; scipy's Hungarian solver when
-    more than one row competes for more than one column."""
-    m = len(cost)
-    n = len(cost[0]) if m else 0
-    if m == 0 or n == 0:
-        return []
-    if m == 1:
-        j = min(range(n), key=cost[0].__getitem__)
-        return [(0, j)] if cost[0][j] < _BIG else []
-    if n == 1:
-        i = min(range(m), key=lambda r: cost[r][0])
-        return [(i, 0)] if cost[i][0] < _BIG else []
-    arr = np.array(cost)
-    rows, cols = linear_sum_assignment(arr)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if arr[r, c] < _BIG]
+def _perp_basis(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([1.0, 0.0, 0.0]) if abs(d[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.cross(d, a)
+    u /= np.linalg.norm(u)
+    return u, np.cross(d, u)
 
 
 class FloorTracker:
@@ -199,11 +141,11 @@ class FloorTracker:
 
     @property
     def X(self) -> np.ndarray:
-        return np.array([(s.x, s.y, s.vx, s.vy) for s in self.info], float).reshape(-1, 4)
+        return np.array([s.m[:4] for s in self.info], float).reshape(-1, 4)
 
     # ------------------------------------------------------------------------------------------- regions
-    def _near_gate(self, x: float, y: float) -> bool:
-        m = self.cfg.spawn_margin_m
+    def near_gate(self, x: float, y: float, margin: float | None = None) -> bool:
+        m = self.cfg.spawn_margin_m if margin is None else margin
         return any(lo[0] - m <= x <= hi[0] + m and lo[1] - m <= y <= hi[1] + m for lo, hi in self.gates)
 
     def _in_exit(self, x: float, y: float) -> bool:
@@ -217,19 +159,110 @@ class FloorTracker:
             best = min(best, math.hypot(dx, dy))
         return best
 
+    # ------------------------------------------------------------------------------------------- filter
+    def _F_Q(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        F = np.eye(5)
+        F[0, 2] = F[1, 3] = dt
+        q = self.cfg.process_noise ** 2
+        Q = np.zeros((5, 5))
+        for a, b in ((0, 2), (1, 3)):  # continuous white-noise acceleration, per axis
+            Q[a, a] = q * dt ** 3 / 3
+            Q[a, b] = Q[b, a] = q * dt * dt / 2
+            Q[b, b] = q * dt
+        Q[4, 4] = self.cfg.head_height_noise ** 2 * dt
+        return F, Q
+
+    def _predicted(self, ts: float, slots: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted (x, y, h) means (n, 3) and their covariances (n, 3, 3) at ``ts`` (not stored)."""
+        means = np.empty((len(slots), 3))
+        covs = np.empty((len(slots), 3, 3))
+        q = self.cfg.process_noise ** 2
+        qh = self.cfg.head_height_noise ** 2
+        for k, slot in enumerate(slots):
+            s = self.info[slot]
+            dt = max(ts - s.t, 0.0)
+            m, P = s.m, s.P
+            means[k] = (m[0] + m[2] * dt, m[1] + m[3] * dt, m[4])
+            # the (x, y, h) block of F P F^T + Q
+            A = np.eye(3, 5)
+            A[0, 2] = A[1, 3] = dt
+            A[2, 2], A[2, 4] = 0.0, 1.0
+            C = A @ P @ A.T
+            C[0, 0] += q * dt ** 3 / 3
+            C[1, 1] += q * dt ** 3 / 3
+            C[2, 2] += qh * dt
+            covs[k] = C
+        return means, covs
+
+    def _measure(self, t: TrackObs) -> _Meas:
+        cfg = self.cfg
+        if t.head is not None:
+            o = np.asarray(t.head[0], float)
+            d = np.asarray(t.head[1], float)
+            d = d / np.linalg.norm(d)
+            if d[2] < -1e-3:  # looking down: the ray meets the typical head height in front of the camera
+                u, v = _perp_basis(d)
+                H = np.stack([u, v])
+                z = H @ o
+                s = (cfg.head_height_m - o[2]) / d[2]
+                p = o + s * d
+                rng = float(np.linalg.norm(p - o))
+                sd = cfg.head_ray_sd_m + cfg.head_ray_sd_per_m * rng
+                R = np.eye(2) * sd * sd
+                g = d / d[2]  # how the point moves along the ray per metre of height
+                init = cfg.head_height_sd_m ** 2 * np.outer(g, g) + sd * sd * (np.outer(u, u) + np.outer(v, v))
+                return _Meas(H, z, R, p[:2], init)
+        mvar = cfg.min_meas_sd ** 2
+        R = np.array([[t.cov[0] + mvar, t.cov[1]], [t.cov[1], t.cov[2] + mvar]])
+        H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        init = np.zeros((3, 3))
+        init[:2, :2] = R
+        init[2, 2] = cfg.head_height_sd_m ** 2
+        return _Meas(H, np.asarray(t.floor, float), R, np.asarray(t.floor, float), init)
+
+    @staticmethod
+    def _mahalanobis(meas: list[_Meas], means: np.ndarray, covs: np.ndarray) -> np.ndarray:
+        """d^2 of every (track, shopper) pair, (m, n)."""
+        H = np.stack([mm.H for mm in meas])  # (m, 2, 3)
+        z = np.stack([mm.z for mm in meas])  # (m, 2)
+        R = np.stack([mm.R for mm in meas])  # (m, 2, 2)
+        e = z[:, None, :] - np.einsum("rik,nk->rni", H, means)  # (m, n, 2)
+        S = np.einsum("rik,nkl,rjl->rnij", H, covs, H) + R[:, None]
+        a, b, c = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
+        det = a * c - b * b
+        return (c * e[..., 0] ** 2 - 2 * b * e[..., 0] * e[..., 1] + a * e[..., 1] ** 2) / det
+
+    def _kalman(self, s: ShopperInfo, ts: float, mm: _Meas) -> None:
+        dt = max(ts - s.t, 0.0)
+        if dt > 0:
+            F, Q = self._F_Q(dt)
+            s.m = F @ s.m
+            s.P = F @ s.P @ F.T + Q
+        H = np.zeros((2, 5))
+        H[:, _POS] = mm.H
+        S = H @ s.P @ H.T + mm.R
+        K = s.P @ H.T @ np.linalg.inv(S)
+        s.m = s.m + K @ (mm.z - H @ s.m)
+        s.P = (np.eye(5) - K @ H) @ s.P
+        s.P = (s.P + s.P.T) / 2
+        lo, hi = self.cfg.head_height_range
+        s.m[4] = min(max(s.m[4], lo), hi)
+        speed = math.hypot(s.m[2], s.m[3])
+        if speed > self.cfg.max_speed_mps:
+            s.m[2:4] *= self.cfg.max_speed_mps / speed
+        s.t = ts
+
     # ------------------------------------------------------------------------------------------- update
     def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> list[str]:
         """Fold one camera frame into the shoppers.  Returns the ids of shoppers who left during it."""
         self.now = max(self.now, ts)
         cfg = self.cfg
-        q = cfg.process_noise ** 2
         left: list[str] = []
-        # shoppers not seen for a while are lost; lost at the door means walked out where the cameras stop
         for s in [self.info[i] for i in self._live]:
             if s.state == ACTIVE and ts - s.seen > cfg.lost_after_s:
                 s.state = LOST
                 if self._exit_distance(s.x, s.y) <= cfg.exit_margin_m:
-                    left.append(self._retire(s, s.seen))
+                    left.append(self._retire(s, s.seen))  # walked out where the cameras stop
         links = self.links.setdefault(camera, {})
         if links:
             seen_tids = {t.track_id for t in tracks}
@@ -238,98 +271,98 @@ class FloorTracker:
         if not tracks:
             return left
 
-        mvar = cfg.min_meas_sd ** 2
-        meas = [(t.floor[0], t.floor[1], t.cov[0] + mvar, t.cov[1], t.cov[2] + mvar) for t in tracks]
+        meas = [self._measure(t) for t in tracks]
         live = list(self._live)
-        gate_m = cfg.max_gate_m
-        cost = [[_BIG] * len(live) for _ in tracks]
-        linked_slot = [links.get(t.track_id) for t in tracks]
-        for j, slot in enumerate(live):
-            s = self.info[slot]
-            dt = max(ts - s.t, 0.0)
-            px, py = s.x + s.vx * dt, s.y + s.vy * dt
-            cov = None
-            for r, (zx, zy, rxx, rxy, ryy) in enumerate(meas):
-                dx, dy = zx - px, zy - py
-                linked = linked_slot[r] == slot
-                if not linked and (s.state == LOST or abs(dx) > gate_m or abs(dy) > gate_m):
-                    continue  # lost shoppers only through their link; far pairs never
-                if cov is None:
-                    cov = _pos_cov(s, dt, q)
-                _, _, sxx, sxy, syy = cov
-                a, b, c = sxx + rxx, sxy + rxy, syy + ryy
-                d2 = (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / (a * c - b * b)
-                if linked and d2 < cfg.link_gate_chi2:
-                    cost[r][j] = d2 * cfg.link_bonus
-                elif not linked and d2 < cfg.gate_chi2:
-                    cost[r][j] = d2
-        assigned = {r: live[j] for r, j in _assign(cost)}
+        assigned: dict[int, int] = {}
+        d2 = np.zeros((len(tracks), 0))
+        if live:
+            means, covs = self._predicted(ts, live)
+            d2 = self._mahalanobis(meas, means, covs)
+            cost = np.where(d2 < cfg.gate_chi2, d2, _BIG)
+            lost = np.array([self.info[s].state == LOST for s in live])
+            cost[:, lost] = _BIG  # lost shoppers only through their link or by recovery below
+            col = {slot: j for j, slot in enumerate(live)}
+            for r, t in enumerate(tracks):
+                j = col.get(links.get(t.track_id, -1))
+                if j is not None and d2[r, j] < cfg.link_gate_chi2:
+                    cost[r, j] = d2[r, j] * cfg.link_bonus
+            if cost.min() < _BIG:
+                rows, cols = linear_sum_assignment(cost)
+                assigned = {int(r): live[int(c)] for r, c in zip(rows, cols, strict=True) if cost[r, c] < _BIG}
 
-        # unmatched tracks: the same shopper seen by this camera for the first time, a lost one, or a new one
         taken = set(assigned.values())
-        for r, (zx, zy, rxx, rxy, ryy) in enumerate(meas):
+        for r in range(len(tracks)):
             if r in assigned:
                 continue
-            slot = self._claim(ts, zx, zy, taken, q)
+            slot = self._claim(ts, meas[r], d2[r] if live else None, live, taken)
             if slot is None:
-                if self._in_exit(zx, zy):
-                    continue  # someone outside the exit or walking out: not a shopper to track
-                slot = self._spawn(ts, zx, zy, rxx, rxy, ryy, "gate" if self._near_gate(zx, zy) else "unknown")
+                fx, fy = meas[r].floor
+                if self._exit_distance(fx, fy) <= cfg.exit_margin_m:
+                    continue  # someone at the exit is walking out: nobody new appears there
+                slot = self._spawn(ts, meas[r], "gate" if self.near_gate(fx, fy) else "unknown")
             assigned[r] = slot
             taken.add(slot)
 
-        vmax = cfg.max_speed_mps
         for r in sorted(assigned):
             slot = assigned[r]
             s = self.info[slot]
-            zx, zy, rxx, rxy, ryy = meas[r]
-            _predict(s, ts, q)
-            _update(s, zx, zy, rxx, rxy, ryy)
-            speed = math.hypot(s.vx, s.vy)
-            if speed > vmax:
-                s.vx *= vmax / speed
-                s.vy *= vmax / speed
+            self._kalman(s, ts, meas[r])
             s.seen = ts
             s.state = ACTIVE
             t = tracks[r]
             links[t.track_id] = slot
-            s.path.append((ts, s.x, s.y))
+            x, y = float(s.m[0]), float(s.m[1])
+            s.path.append((ts, x, y))
             s.cameras.add(camera)
             for side, o, dvec, conf in t.wrists:
                 s.wrists.append((ts, camera, side, float(o[0]), float(o[1]), float(o[2]),
                                  float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
-            if self._in_exit(s.x, s.y):
+            if self._in_exit(x, y):
                 left.append(self._retire(s, ts))
         return left
 
-    def _claim(self, ts: float, zx: float, zy: float, taken: set[int], q: float) -> int | None:
-        """A shopper this unmatched track should belong to: one close by that this camera does not see
-        right now (a hand-off), or a lost one within the recovery radius; the nearest, the first on ties."""
+    def _claim(self, ts: float, mm: _Meas, d2_row: np.ndarray | None, live: list[int],
+               taken: set[int]) -> int | None:
+        """The shopper a track the assignment left over belongs to, if any: an active one this camera does
+        not see right now within the hand-off gate, else a lost one (see the module docstring)."""
         cfg = self.cfg
+        if d2_row is not None:
+            best, best_d = None, cfg.handoff_chi2
+            for j, slot in enumerate(live):
+                if slot not in taken and self.info[slot].state == ACTIVE and d2_row[j] < best_d:
+                    best, best_d = slot, float(d2_row[j])
+            if best is not None:
+                return best
+        fx, fy = mm.floor
+        at_gate = self.near_gate(fx, fy)
         best, best_d = None, math.inf
         for slot in self._live:
-            if slot in taken:
-                continue
             s = self.info[slot]
+            if slot in taken or s.state != LOST:
+                continue
             dt = max(ts - s.t, 0.0)
-            d = math.hypot(s.x + s.vx * dt - zx, s.y + s.vy * dt - zy)
-            if s.state == LOST:
-                radius = cfg.recover_radius_m + cfg.recover_speed_mps * (ts - s.seen)
+            d = math.hypot(s.m[0] + s.m[2] * min(dt, 1.0) - fx, s.m[1] + s.m[3] * min(dt, 1.0) - fy)
+            if at_gate:
+                radius = cfg.recover_radius_m
             else:
-                radius = cfg.dedupe_radius_m
+                radius = min(cfg.recover_radius_m + cfg.recover_speed_mps * (ts - s.seen), cfg.recover_max_m)
             if d < radius and d < best_d:
                 best, best_d = slot, d
         return best
 
-    def _spawn(self, ts: float, x: float, y: float, rxx: float, rxy: float, ryy: float, origin: str) -> int:
+    def _spawn(self, ts: float, mm: _Meas, origin: str) -> int:
         slot = len(self.info)
         sid = f"s{self._next}"
         self._next += 1
-        s = ShopperInfo(sid, ts, origin, t=ts, seen=ts, x=x, y=y, p00=rxx, p01=rxy, p11=ryy)
+        m = np.array([mm.floor[0], mm.floor[1], 0.0, 0.0, self.cfg.head_height_m])
+        P = np.zeros((5, 5))
+        P[np.ix_(_POS, _POS)] = mm.init_P
+        P[2, 2] = P[3, 3] = 1.0
+        s = ShopperInfo(sid, ts, origin, t=ts, seen=ts, m=m, P=P)
         self.info.append(s)
         self._by_id[sid] = slot
         self._live.append(slot)
-        log.debug("new shopper %s at (%.2f, %.2f) origin=%s", sid, x, y, origin)
+        log.debug("new shopper %s at (%.2f, %.2f) origin=%s", sid, m[0], m[1], origin)
         return slot
 
     def _retire(self, s: ShopperInfo, ts: float) -> str:
