@@ -54,6 +54,22 @@ def _signed(p: np.ndarray, h: np.ndarray) -> np.ndarray:
     return outside + inside
 
 
+def approach_boxes(boxes: list[Box], reach: float) -> list[Box]:
+    """The lanes' boxes stretched along their depth (the longer horizontal side) by ``reach`` on both ends.
+
+    A hand inside a lane is hidden by the goods; what cameras see is the hand entering and leaving through
+    the lane's front, so the evidence is measured against the lane plus the space in front of it (its
+    approach), which keeps the lane's width: a neighbour's hand in front of the next lane stays outside."""
+    out = []
+    for b in boxes:
+        lo, hi = np.asarray(b.min, float), np.asarray(b.max, float)
+        axis = 0 if hi[0] - lo[0] > hi[1] - lo[1] else 1
+        lo[axis] -= reach
+        hi[axis] += reach
+        out.append(Box(min=tuple(lo), max=tuple(hi), yaw_deg=b.yaw_deg))
+    return out
+
+
 def segment_box_distance(a: np.ndarray, b: np.ndarray, boxes: list[Box], iters: int = 40) -> np.ndarray:
     """Smallest signed distance (negative inside) from segments ``a[i] -> b[i]`` (N, 3) to the nearest of
     ``boxes`` (N,).
@@ -315,6 +331,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
               cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
     """Score every shopper present around the event and pick the most likely one."""
     t0, t1 = t_start - cfg.window_pad_s, t_end + cfg.window_pad_s
+    approach = approach_boxes(boxes, cfg.approach_m)
     scores: dict[str, float] = {}
     wdist: dict[str, float] = {}
     bodies: dict[str, float] = {}
@@ -328,7 +345,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
         if body > cfg.candidate_radius_m:
             continue
-        ev = wrist_distances(floor, slot, t0, t1, boxes, cfg)
+        ev = wrist_distances(floor, slot, t0, t1, approach, cfg)
         cams = ev.cameras
         # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
         d_k = ev.distance(cfg.persist_instants)

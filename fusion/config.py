@@ -58,17 +58,20 @@ class AssociationConfig(_Cfg):
     candidate_radius_m: float = Field(1.8, gt=0, title="Candidate radius",
                                       description="Shoppers farther than this from the lanes are not candidates")
     reach_m: float = Field(1.0, gt=0, title="Reach", description="Horizontal reach of a wrist from the body")
-    wrist_sd_m: float = Field(0.05, gt=0, title="Wrist sd", description="Spread of wrist-to-lane distances")
-    inside_cap_m: float = Field(0.08, ge=0, title="Depth credit limit",
+    wrist_sd_m: float = Field(0.10, gt=0, title="Wrist sd", description="Spread of wrist-to-lane distances")
+    approach_m: float = Field(0.25, ge=0, title="Approach depth",
+                              description="Space in front of (and behind) a lane that counts as the lane for "
+                                          "wrists: hands inside the goods are hidden, hands entering are not")
+    inside_cap_m: float = Field(0.10, ge=0, title="Depth credit limit",
                                 description="A hand deeper inside the lane than this earns no more credit")
-    inside_scale_m: float = Field(0.025, gt=0, title="Depth scale",
+    inside_scale_m: float = Field(0.02, gt=0, title="Depth scale",
                                   description="Log-likelihood gained per this many metres of depth into the lane")
-    outside_cap_m: float = Field(0.2, gt=0, title="Outside limit",
+    outside_cap_m: float = Field(0.3, gt=0, title="Outside limit",
                                  description="Wrist distances beyond this all mean 'no hand seen at the lane'")
     exclusion_weight: float = Field(8.0, ge=0, title="Exclusion weight",
                                     description="Log-likelihood lost over an event during which both of a "
                                                 "shopper's wrists were located away from the lanes")
-    persist_instants: int = Field(3, ge=1, title="Persistence",
+    persist_instants: int = Field(1, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
     body_free_m: float = Field(0.75, ge=0, title="Body free distance",
                                description="Body-to-lane distance that costs nothing")

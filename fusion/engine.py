@@ -164,7 +164,10 @@ class FusionEngine:
             for side, kp in ((0, t.lwrist), (1, t.rwrist)):
                 if kp is not None and kp.ray is not None and kp.conf > 0.2:
                     wrists.append((side, kp.ray.origin, kp.ray.dir, kp.conf))  # the tracker reads floats
-            obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists))
+            head = None
+            if t.head is not None and t.head.ray is not None and t.head.conf >= self.cfg.floor.min_head_conf:
+                head = (t.head.ray.origin, t.head.ray.dir)
+            obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists, head))
         left = self.floor.update(msg.camera, msg.ts, obs)
         out = self._bind(msg.ts)
         for sid in left:
