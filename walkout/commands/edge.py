@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-EDGE_VERBS: list[str] = ["walkout.commands.edge_shelf", "walkout.commands.edge_gate"]
+EDGE_VERBS: list[str] = ["walkout.commands.edge_shelf", "walkout.commands.edge_gate",
+                         "walkout.commands.edge_camera"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
