@@ -15,8 +15,11 @@ COMMANDS = [
     "walkout.commands.store",
     "walkout.commands.edge",
     "walkout.commands.calibrate",
-    "walkout.commands.sim",
     "walkout.commands.fusion",
+    "walkout.commands.sim",
+    "walkout.commands.replay",
+    "walkout.commands.eval",
+    "walkout.commands.record",
     "walkout.commands.ops",
 ]
 
