@@ -21,6 +21,7 @@ COMMANDS = [
     "walkout.commands.eval",
     "walkout.commands.record",
     "walkout.commands.ops",
+    "walkout.commands.demo",
 ]
 
 log = logging.getLogger("walkout")
