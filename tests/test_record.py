@@ -137,3 +137,15 @@ def test_frame_tap_keeps_every_nth_frame_as_foxglove_images(tmp_path: Path) -> N
     with out.open("rb") as f:
         frames = [json.loads(m.data) for _, _, m in make_reader(f).iter_messages()]
     assert [fr["frame_id"] for fr in frames] == ["cam1"] * 3 and all(fr["format"] == "jpeg" for fr in frames)
+
+
+def test_replaying_a_recording_skips_its_camera_frames_without_counting_them_bad(tmp_path: Path, caplog) -> None:
+    from walkout.replay import recording_feed
+
+    out = tmp_path / "mixed.mcap"
+    writer = RecordingWriter(out, "s1")
+    writer.image("cam1", 1_767_225_600.0, b"\xff\xd8 not really a jpeg", 0)
+    writer.close()
+    with caplog.at_level("WARNING", logger="walkout.replay"):
+        assert list(recording_feed(out)) == []
+    assert "not wire messages" not in caplog.text

@@ -179,11 +179,14 @@ def recording_feed(path: Path) -> Feed:
     decode are counted and skipped."""
     from mcap.reader import make_reader
 
+    from sim.session import IMAGE_SCHEMA
     from wire.codec import WireError, decode
 
     bad = 0
     with open(path, "rb") as f:
-        for _schema, channel, m in make_reader(f).iter_messages(log_time_order=True):
+        for schema, channel, m in make_reader(f).iter_messages(log_time_order=True):
+            if schema is not None and schema.name == IMAGE_SCHEMA:
+                continue  # camera frames kept for people to look at, not an input of fusion
             try:
                 info, msg = decode(channel.topic, m.data)
             except WireError:
