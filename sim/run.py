@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from calibration.camera import Camera, load_cameras
+from calibration.config import ConfigError
 from calibration.markers import MarkerLayout, load_layout
 from calibration.store import Store, base_dir_of, load_store
 from sim.default_store import DEFAULT_DIR
@@ -83,7 +84,8 @@ def load_scene(scn: Resolved) -> tuple[Path, Store, dict[str, Camera], MarkerLay
     if scn.cameras.only:
         missing = set(scn.cameras.only) - set(cams)
         if missing:
-            raise ValueError(f"cameras.only names unknown cameras: {sorted(missing)}")
+            raise ConfigError(store_path, "cameras.only", f"unknown cameras {sorted(missing)}; the store has "
+                              f"{sorted(cams)}")
         cams = {cid: c for cid, c in cams.items() if cid in scn.cameras.only}
     return store_path, store, cams, markers
 
@@ -91,9 +93,13 @@ def load_scene(scn: Resolved) -> tuple[Path, Store, dict[str, Camera], MarkerLay
 def simulate(scn: Resolved, out_dir: str | Path, preview: bool = False,
              progress: Callable[[str], None] | None = None) -> SimResult:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda msg: log.info("%s", msg))
     store_path, store, cams, markers = load_scene(scn)
+    if (scn.cameras.frames or preview) and not cams:
+        raise ConfigError(store_path, "cameras", "the store has no cameras to render: simulate it without "
+                          "frames (--no-frames, or cameras.frames: false in the scenario) and without "
+                          "--preview")
+    out.mkdir(parents=True, exist_ok=True)
     start = float(scn.start_epoch)
     seed = scn.seed
     floor = FloorMap(store)

@@ -105,6 +105,24 @@ def test_event_matching_is_one_to_one_and_prefers_right_pairs() -> None:
     assert len(pairs) == 2 and right_r == {"r1"} and len(right_t) == 1
 
 
+def test_events_are_counted_by_kind_and_detection_apart_from_identification() -> None:
+    """A put-back found, a misplacement found but taken for another product, a pick of the misplaced item
+    missed, and a spurious pick: detection counts the first two, identification only the first."""
+    truth = {"events": [true_event("E1", "U1-S1-L1", "P1", 0.0, kind="put_back"),
+                        true_event("E2", "U1-S1-L2", "P9", 10.0, kind="misplace"),
+                        true_event("E3", "U1-S1-L2", "P9", 20.0, kind="pick_of_misplaced")]}
+    run = [run_event("r1", "U1-S1-L1", "P1", 0.1, action="put"),
+           run_event("r2", "U1-S1-L2", "P2", 10.1, action="put"),
+           run_event("r3", "U1-S1-L3", "P3", 30.0)]
+    m, _ = event_metrics(truth, run)
+    assert (m["event_precision"], m["event_recall"]) == pytest.approx((1 / 3, 1 / 3))
+    assert (m["event_detect_precision"], m["event_detect_recall"]) == pytest.approx((2 / 3, 2 / 3))
+    assert m["events_matched"] == 2
+    assert m["events_by_kind"] == {"misplace": {"right": 0, "true": 1},
+                                   "pick_of_misplaced": {"right": 0, "true": 1},
+                                   "put_back": {"right": 1, "true": 1}}
+
+
 def _floor_files(tmp_path: Path, shift: float, swap_at: int | None = None) -> tuple[dict, Path, Path]:
     truth = {"session": {"start_epoch": T0, "fps": 10.0, "duration_s": 10.0},
              "shoppers": [{"shopper": "S1", "entered_at": T0, "exited_at": T0 + 10},

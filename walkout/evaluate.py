@@ -19,7 +19,9 @@ How each figure is counted
   on the same shelf, share a lane, overlap in time (padded by ``EVENT_PAD_S``) and are both picks or both
   puts; one-to-one, nearest in time first.  A corresponding pair is right when the event's best candidate
   has the true SKU and quantity.  Precision: right pairs / published events; recall: right pairs / true
-  events.
+  events.  ``event_detect_precision`` / ``event_detect_recall`` count every corresponding pair, right product
+  or not (detection alone); ``events_by_kind`` gives, per true kind (``pick``, ``put_back``, ``misplace``,
+  ``pick_of_misplaced``), how many true events were right of how many (``{"right": r, "true": n}``).
 * ``hota``, ``idf1``, ``mota`` (and ``per_camera``): each camera's published tracks (``tracks/{camera}.txt``)
   against the session's MOT truth (``truth/{camera}.txt``), or, for a session without frames, against truth
   perception's projected truth (``truth_mot/``); IoU similarity (:mod:`walkout.mot`).  The headline figures
@@ -218,9 +220,19 @@ def event_metrics(truth: dict, run_events: list[dict]) -> tuple[dict[str, Any], 
     pairs, right_r, right_t = match_events(true_events, run_events)
     p = _ratio(len(right_r), len(run_events))
     r = _ratio(len(right_t), len(true_events))
+    dp = _ratio(len(pairs), len(run_events))
+    dr = _ratio(len(pairs), len(true_events))
+    by_kind: dict[str, dict[str, int]] = {}
+    for t in true_events:
+        k = by_kind.setdefault(t.get("kind", "pick"), {"right": 0, "true": 0})
+        k["true"] += 1
+        k["right"] += t["event_id"] in right_t
     return {"event_precision": p if p is not None else 1.0, "event_recall": r if r is not None else 1.0,
+            "event_detect_precision": dp if dp is not None else 1.0,
+            "event_detect_recall": dr if dr is not None else 1.0,
             "events_true": len(true_events), "events_run": len(run_events),
-            "events_right": len(right_t)}, pairs
+            "events_right": len(right_t), "events_matched": len(pairs),
+            "events_by_kind": dict(sorted(by_kind.items()))}, pairs
 
 
 # ------------------------------------------------------------------------------------------------ tracking
@@ -590,6 +602,10 @@ def summary_lines(ev: Evaluation) -> list[str]:
          f"wrong charges {f('wrong_charge_rate')}"),
         (f"shelf events: precision {f('event_precision')}  recall {f('event_recall')}  "
          f"({m['events_right']} right, {m['events_run']} published, {m['events_true']} true)"),
+        (f"  detected (any product): precision {f('event_detect_precision')}  "
+         f"recall {f('event_detect_recall')};  right by kind: "
+         + (", ".join(f"{k} {v['right']}/{v['true']}" for k, v in m.get("events_by_kind", {}).items())
+            or "none")),
         (f"tracks ({', '.join(m.get('camera_truth') or []) or 'no'} truth): HOTA {f('hota', 3)}  "
          f"IDF1 {f('idf1', 3)}  MOTA {f('mota', 3)}"),
         (f"floor: HOTA {f('floor_hota', 3)}  IDF1 {f('floor_idf1', 3)}  MOTA {f('floor_mota', 3)}  "
