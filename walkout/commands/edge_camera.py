@@ -24,23 +24,12 @@ import time
 from pathlib import Path
 
 from calibration.config import ConfigError
+from walkout.commands.replay import speed
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "models/person_pose_int8.onnx"
-
-
-def _speed(text: str) -> float:
-    if text.strip().lower() in ("max", "inf", "0"):
-        return 0.0
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"speed must be positive or 'max', got {text!r}")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password-env", default="WALKOUT_MQTT_PASSWORD",
                    help="environment variable holding the MQTT password (default %(default)s)")
     p.add_argument("--outbox", help="outbox file: unacknowledged messages survive a restart")
-    p.add_argument("--speed", type=_speed, default=1.0,
+    p.add_argument("--speed", type=speed, default=1.0,
                    help="pace files at this multiple of real time, or 'max' "
                         "(default 1; live sources: ignored)")
     p.add_argument("--fps", type=float, help="frame rate of an image folder or a video without one")
