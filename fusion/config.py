@@ -22,6 +22,9 @@ class FloorConfig(_Cfg):
     link_bonus: float = Field(0.2, gt=0, le=1, title="Link bonus",
                               description="Cost factor for an existing (camera, track) link: keeps ids sticky")
     lost_after_s: float = Field(1.0, gt=0, title="Lost after", description="Seconds unseen before 'lost'")
+    vanish_after_s: float = Field(120.0, gt=0, title="Vanished after",
+                                  description="Seconds a shopper may stay lost away from the exit before they "
+                                              "are taken as gone unseen: their visit closes and goes to review")
     recover_radius_m: float = Field(1.5, gt=0, title="Recovery radius",
                                     description="Base radius to give a lost shopper a new camera track")
     recover_speed_mps: float = Field(1.2, ge=0, title="Recovery speed",

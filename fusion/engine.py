@@ -138,6 +138,10 @@ class FusionEngine:
     def finish(self) -> list[Effect]:
         """End of input (end of a replay): process everything buffered and settle what has ended."""
         out = self.advance(float("inf") if not self._buffer else max(m[0] for m in self._buffer))
+        # no more input can bring a lost shopper back: they left unseen
+        for sid in self.floor.lost_ids():
+            self.floor.vanish(self.floor.shopper(sid))
+            out.extend(self._shopper_left(sid, self.processed_until))
         out.extend(self._due(float("inf")))
         return out
 
@@ -326,6 +330,9 @@ class FusionEngine:
             reasons.append("offline during the visit: " + ", ".join(down))
         if len(v.shoppers) < v.party_size:
             reasons.append(f"party of {v.party_size} but {len(v.shoppers)} shopper(s) tracked")
+        gone = [s for s in v.shoppers if getattr(self.floor.shopper(s), "vanished", False)]  # older snapshots lack it
+        if gone:
+            reasons.append("lost in the store and not seen leaving: " + ", ".join(gone))
         decision = "hold" if reasons else ("charge" if total > 0 else "no_charge")
         log.info("visit %s settled: %s, total %d", v.id, decision, total)
         return VisitSettled(v.id, v.account, decision, lines, total, tuple(reasons), v.entered_at,

@@ -60,6 +60,7 @@ class ShopperInfo:
     origin: str  # "gate" or "unknown"
     visit: str | None = None
     exited_t: float | None = None
+    vanished: bool = False  # retired after being lost away from the exit: nobody saw them leave
     # positions (t, x, y) and wrist observations (t, camera, side, ox, oy, oz, dx, dy, dz, conf)
     path: list[tuple[float, float, float]] = field(default_factory=list)
     wrists: list[tuple] = field(default_factory=list)
@@ -263,6 +264,8 @@ class FloorTracker:
                 s.state = LOST
                 if self._exit_distance(s.x, s.y) <= cfg.exit_margin_m:
                     left.append(self._retire(s, s.seen))  # walked out where the cameras stop
+            elif s.state == LOST and ts - s.seen > cfg.vanish_after_s:
+                left.append(self.vanish(s))
         links = self.links.setdefault(camera, {})
         if links:
             seen_tids = {t.track_id for t in tracks}
@@ -374,6 +377,14 @@ class FloorTracker:
             for tid in [tid for tid, v in cam_links.items() if v == slot]:
                 del cam_links[tid]
         return s.id
+
+    def vanish(self, s: ShopperInfo) -> str:
+        """Retire a shopper lost away from the exit who never came back: gone unseen since ``s.seen``."""
+        s.vanished = True
+        return self._retire(s, s.seen)
+
+    def lost_ids(self) -> list[str]:
+        return [self.info[i].id for i in self._live if self.info[i].state == LOST]
 
     def retire(self, slot: int, ts: float) -> str:
         return self._retire(self.info[slot], ts)

@@ -139,3 +139,43 @@ def test_snapshot_restore_mid_session_gives_identical_receipts():
         effects.extend(eng2.offer(m))
     effects.extend(eng2.finish())
     assert receipts(effects) == receipts(ref)
+
+
+def vanishing_shopper(t_end: float):
+    """Erin enters, picks from L2 and is lost in the middle of the store at t=12 (never seen again)."""
+    target = lane_target(STORE, "L2")
+    s = ScriptedShopper("erin", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, 1.3, 2.65), (10.0, 1.3, 2.65),
+                                 (12.0, 3.0, 1.8)], [(6.0, 7.0, target)])
+    # Fay shops on (the cameras keep sending frames) until the input ends
+    other = ScriptedShopper("fay", [(0.2, 0.5, 0.5), (0.6, 0.8, 1.2), (3.0, 4.5, 1.6), (t_end, 4.6, 1.7)])
+    return tracks_messages([s, other], CAMS, t_end) + [entry("acct-fay", 0.3, 2), entry("acct-erin", 1.1, 1),
+                                                        shelf_event(STORE, "e1", "L2", 6.0, 7.0, 1)]
+
+
+@pytest.mark.parametrize("t_end, vanish_after, settled", [
+    (40.0, 20.0, True),    # lost for 28 s > 20 s while frames keep coming: gone unseen
+    (40.0, 60.0, True),    # still lost when the input ends: nothing can bring them back
+])
+def test_a_shopper_lost_away_from_the_exit_closes_their_visit_for_review(t_end, vanish_after, settled):
+    from fusion.config import FusionConfig
+
+    cfg = FusionConfig.model_validate({"floor": {"vanish_after_s": vanish_after}})
+    eng = FusionEngine(STORE, cfg)
+    effects = []
+    for m in sorted(vanishing_shopper(t_end), key=lambda m: m.ts):
+        effects.extend(eng.offer(m))
+    during = receipts(effects)
+    assert ("acct-erin" in during) == (vanish_after < t_end - 12.0)
+    effects.extend(eng.finish())
+    r = receipts(effects)["acct-erin"]
+    assert r.decision == "hold"
+    assert any("not seen leaving" in reason for reason in r.reasons), r.reasons
+    assert [ln["sku"] for ln in r.lines] == [STORE.lanes["L2"].sku]  # the cart is kept for the reviewer
+    assert r.exited_at < r.entered_at + 11.5  # gone since they were last seen, not since the timeout
+    assert "acct-fay" not in receipts(effects)  # still in the store and seen: her visit stays open
+
+
+def test_a_shopper_lost_for_a_moment_is_not_taken_as_gone():
+    _, effects = run(two_neighbours("L2", "L3"))
+    for rec in receipts(effects).values():
+        assert not any("not seen leaving" in reason for reason in rec.reasons)
