@@ -279,8 +279,8 @@ class FusionEngine:
               cart: Cart) -> Line | None:
         cfg = self.cfg.association
         lanes = tuple(ln.lane for ln in ev.lanes)
-        base = dict(event_id=ev.event_id, shopper=a.shopper, runner_up=a.runner_up, cameras=tuple(a.cameras),
-                    t=ev.t_end, lanes=lanes, margin=round(a.margin, 4))
+        base = {"event_id": ev.event_id, "shopper": a.shopper, "runner_up": a.runner_up,
+                "cameras": tuple(a.cameras), "t": ev.t_end, "lanes": lanes, "margin": round(a.margin, 4)}
         if not cands:
             cart.issues.append(f"event {ev.event_id}: {ev.action} of {ev.delta_g:.0f} g not identified")
             return None

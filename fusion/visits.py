@@ -44,7 +44,7 @@ class Visits:
         self.unfilled: dict[str, Visit] = {}  # open visits with slots not yet bound to shoppers
 
     def visit_id(self, gate: str, ts: float, account: str) -> str:
-        base = f"{gate}-{int(round(ts * 1000))}"
+        base = f"{gate}-{round(ts * 1000)}"
         vid, k = base, 1
         while vid in self.visits and self.visits[vid].account != account:
             k += 1

@@ -39,7 +39,7 @@ def two_neighbours(lane_a: str, lane_b: str):
     """Alice and Bob enter one after the other, stand 0.6 m apart at the shelf and pick at the same moment
     from neighbouring lanes ``lane_a`` (Alice) and ``lane_b`` (Bob), then leave."""
     ta, tb = lane_target(STORE, lane_a), lane_target(STORE, lane_b)
-    xa, xb = (ta[0], tb[0]) if ta[0] < tb[0] else (ta[0], tb[0])
+    xa, xb = ta[0], tb[0]
     sa = (xa - 0.15, 2.65) if ta[0] < tb[0] else (xa + 0.15, 2.65)
     sb = (xb + 0.15, 2.65) if ta[0] < tb[0] else (xb - 0.15, 2.65)
     alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, *sa), (12.0, *sa), (16.0, 5.5, 0.5),
@@ -65,7 +65,7 @@ def test_neighbouring_simultaneous_picks_go_to_the_right_shopper(lane_a, lane_b)
 
 
 def test_visit_opens_binds_and_settles_after_exit():
-    eng, effects = run(two_neighbours("L2", "L3"))
+    _, effects = run(two_neighbours("L2", "L3"))
     opened = [e for e in effects if isinstance(e, VisitOpened)]
     assert [o.account for o in opened] == ["acct-alice", "acct-bob"]
     r = receipts(effects)

@@ -53,6 +53,7 @@ def test_wrist_rays_pass_through_the_wrist():
     cam = CAMS[1]
     w = np.array([[6.5, 4.4, 1.0], [5.2, 3.1, 0.8]])
     uv, ok = cam.project(w)
+    assert ok.all()
     o, d = keypoint_rays(cam, uv)
     s = np.linalg.norm(w - o, axis=1)
     np.testing.assert_allclose(o + d * s[:, None], w, atol=1e-6)

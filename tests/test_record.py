@@ -132,7 +132,7 @@ def test_frame_tap_keeps_every_nth_frame_as_foxglove_images(tmp_path: Path) -> N
     tap.close()
     writer.close()
     assert tap.kept == 3
-    schemas, channels, _, _ = _summary(out)
+    _, channels, _, _ = _summary(out)
     assert channels == {"walkout/v1/s1/camera/cam1/image": ("json", "foxglove.CompressedImage")}
     with out.open("rb") as f:
         frames = [json.loads(m.data) for _, _, m in make_reader(f).iter_messages()]
