@@ -23,6 +23,11 @@ test: $(VENV)/.installed-dev
 	scripts/services.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The fault suite (chaos/): faults, fuzz and ACL on a simulator session through test-owned brokers; prints
+# the table.  About half an hour on two cores.
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python -m chaos
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 

@@ -21,6 +21,7 @@ COMMANDS = [
     "walkout.commands.eval",
     "walkout.commands.record",
     "walkout.commands.ops",
+    "walkout.commands.deploy",
     "walkout.commands.demo",
 ]
 

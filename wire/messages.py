@@ -27,8 +27,15 @@ Minor = Annotated[int, Field(ge=-(10**12), le=10**12)]  # money in integer minor
 Count = Annotated[int, Field(ge=0, le=10**6)]
 Text = Annotated[str, Field(max_length=256)]
 
-Vec2 = tuple[Finite, Finite]
-Vec3 = tuple[Finite, Finite, Finite]
+# Geometry and weights are bounded as well as finite: a finite but absurd value (1e300 m) overflows the
+# consumers' arithmetic (squares, covariances) into inf/NaN.  The bounds are far beyond any store.
+Metres = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+SqMetres = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+Pixels = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False)]
+Grams = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False)]
+
+Vec2 = tuple[Metres, Metres]
+Vec3 = tuple[Metres, Metres, Metres]
 
 
 class _Strict(BaseModel):
@@ -62,17 +69,17 @@ class Ray(_Strict):
 class Keypoint(_Strict):
     """A body keypoint seen by one camera: pixel position, confidence and its ray in the store frame."""
 
-    px: Vec2
+    px: tuple[Pixels, Pixels]
     conf: Prob
     ray: Ray | None = None
 
 
 class Track(_Strict):
     id: Annotated[int, Field(ge=0, lt=2**31)] = Field(title="Track id, unique per camera process")
-    box: tuple[Finite, Finite, Finite, Finite] = Field(title="Box x1, y1, x2, y2 in pixels")
+    box: tuple[Pixels, Pixels, Pixels, Pixels] = Field(title="Box x1, y1, x2, y2 in pixels")
     conf: Prob
     floor: Vec2 = Field(title="Floor position x, y in metres (store frame)")
-    floor_cov: tuple[Finite, Finite, Finite] = Field(
+    floor_cov: tuple[SqMetres, SqMetres, SqMetres] = Field(
         title="Floor covariance", description="xx, xy, yy in square metres"
     )
     head: Keypoint | None = None
@@ -102,7 +109,7 @@ class TracksMsg(Envelope):
 # --------------------------------------------------------------------------------------------- shelf events
 class LaneDelta(_Strict):
     lane: Ident
-    delta_g: Finite = Field(title="Signed weight change of the lane in grams (negative: taken)")
+    delta_g: Grams = Field(title="Signed weight change of the lane in grams (negative: taken)")
 
 
 class Candidate(_Strict):
@@ -126,7 +133,7 @@ class ShelfEventMsg(Envelope):
     t_start: Timestamp
     t_end: Timestamp
     lanes: list[LaneDelta] = Field(min_length=1, max_length=64)
-    delta_g: Finite = Field(title="Total signed weight change in grams")
+    delta_g: Grams = Field(title="Total signed weight change in grams")
     candidates: list[Candidate] = Field(default_factory=list, max_length=32)
 
     @model_validator(mode="after")
