@@ -105,6 +105,11 @@ class CheckoutConfig(_Cfg):
 class FusionConfig(_Cfg):
     lateness_s: float = Field(0.3, ge=0, title="Watermark lateness",
                               description="Messages are processed in time order once the clock is this far past")
+    camera_stall_s: float = Field(6.0, gt=0, title="Camera stall",
+                                  description="Fusion processes event time only as far as the slowest camera "
+                                              "that is less than this many seconds behind the newest one (and "
+                                              "not offline): cameras that reconnect one by one after a broker "
+                                              "restart are waited for, a dead one holds nothing back for long")
     floor: FloorConfig = Field(default_factory=FloorConfig)
     association: AssociationConfig = Field(default_factory=AssociationConfig)
     checkout: CheckoutConfig = Field(default_factory=CheckoutConfig)

@@ -109,6 +109,7 @@ class FusionEngine:
         self._settle: dict[str, float] = {}  # visit -> due time
         self.offline: dict[str, list[list[float]]] = {}  # device -> [[from, to or inf], ...]
         self.camera_seen: dict[str, float] = {}
+        self.camera_clock: dict[str, float] = {}  # newest capture time delivered per camera device (source)
         self.stats = EngineStats()
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
 
@@ -122,7 +123,23 @@ class FusionEngine:
         self._tiebreak += 1
         heapq.heappush(self._buffer, (ts, _RANK.get(type(msg), 9), msg.source, msg.seq, self._tiebreak, msg))
         self.clock = max(self.clock, ts)
-        return self.advance(self.clock - self.cfg.lateness_s)
+        if isinstance(msg, TracksMsg):
+            self.camera_clock[msg.source] = max(self.camera_clock.get(msg.source, ts), ts)
+        return self.advance(self.watermark() - self.cfg.lateness_s)
+
+    def watermark(self) -> float:
+        """Event time up to which every camera that is still streaming has delivered: the newest capture time
+        of the slowest camera less than ``camera_stall_s`` behind the newest one and not reported offline."""
+        if not self.camera_clock:
+            return self.clock
+        newest = max(self.camera_clock.values())
+        live = [c for dev, c in self.camera_clock.items()
+                if c >= newest - self.cfg.camera_stall_s and not self._offline_now(dev)]
+        return min(live) if live else self.clock
+
+    def _offline_now(self, device: str) -> bool:
+        spans = self.offline.get(device)
+        return bool(spans) and spans[-1][1] == float("inf")
 
     def advance(self, until: float) -> list[Effect]:
         """Process everything due up to event time ``until``."""

@@ -73,9 +73,6 @@ def test_duplicated_reordered_and_skewed_messages_give_identical_receipts(smoke,
     assert rp["sent"] == 2 * rp["received"] and rp["delayed"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="fusion's watermark follows the newest capture time of any device, so after a "
-                   "broker restart the cameras that come back last arrive late (fix: a per-camera watermark, "
-                   "docs/deployment.md 'What is weak'); remove this mark with the fix")
 def test_devices_returning_one_by_one_after_a_broker_restart_change_no_receipt(tmp_path: Path) -> None:
     """The broker-kill row in process (no broker: deterministic): each device delivers its outbox when it is
     back, 2.2-4 s after the broker went away.  (``smoke`` has too few shoppers to show it; ``hard-100s`` does.)"""
