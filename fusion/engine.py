@@ -156,9 +156,8 @@ class FusionEngine:
         """End of input (end of a replay): process everything buffered and settle what has ended."""
         out = self.advance(float("inf") if not self._buffer else max(m[0] for m in self._buffer))
         # no more input can bring a lost shopper back: they left unseen
-        for sid in self.floor.lost_ids():
-            self.floor.vanish(self.floor.shopper(sid))
-            out.extend(self._shopper_left(sid, self.processed_until))
+        for s in self.floor.lost():
+            out.extend(self._shopper_left(self.floor.vanish(s), self.processed_until))
         out.extend(self._due(float("inf")))
         return out
 

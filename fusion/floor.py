@@ -383,8 +383,8 @@ class FloorTracker:
         s.vanished = True
         return self._retire(s, s.seen)
 
-    def lost_ids(self) -> list[str]:
-        return [self.info[i].id for i in self._live if self.info[i].state == LOST]
+    def lost(self) -> list[ShopperInfo]:
+        return [self.info[i] for i in self._live if self.info[i].state == LOST]
 
     def retire(self, slot: int, ts: float) -> str:
         return self._retire(self.info[slot], ts)
