@@ -36,7 +36,9 @@ import importlib
 import logging
 import pkgutil
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -603,6 +605,27 @@ def discover_migrations(package: str = MIGRATIONS_PACKAGE) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def _enable_wal(cur: Any, timeout_s: float) -> None:
+    """Switch a SQLite database to WAL, retrying while another connection holds it.
+
+    Two processes that open a new database at the same moment both try to change its journal mode; that
+    needs the exclusive lock, and SQLite answers one of them "database is locked" at once (a deadlock
+    between two shared locks, so the busy handler is not called).  Retry with a short backoff until the
+    busy timeout: by then the other one has switched the file, and the pragma only reads it.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def _lock_id(schema: str | None) -> int:
     """A stable signed 64-bit advisory-lock id for migrating one schema."""
     digest = hashlib.sha256(f"walkout.migrate:{schema or ''}".encode()).digest()
@@ -669,7 +692,7 @@ class Database:
             dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
             cur = dbapi_conn.cursor()
             try:
-                cur.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(cur, busy_timeout_s)
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cur.execute("PRAGMA synchronous=FULL")  # a commit (a charge) survives a power cut

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from fusion.db import (
     DatabaseError,
     Migration,
     MigrationError,
+    _enable_wal,
     audit_log,
     discover_migrations,
     metadata,
@@ -296,7 +298,10 @@ _MIGRATOR = textwrap.dedent(
 
 
 def test_concurrent_migrator_processes_apply_each_migration_once(db_factory: DbFactory) -> None:
-    """Two processes, released at the same moment, migrate one empty database (on PostgreSQL, no schema yet)."""
+    """Four processes, released at the same moment, migrate one new database (on PostgreSQL, no schema yet).
+
+    On SQLite they also race to switch the new file to WAL, which SQLite refuses at once to all but one.
+    """
     db = db_factory.new(migrate=False)
     procs = [
         subprocess.Popen(
@@ -307,10 +312,10 @@ def test_concurrent_migrator_processes_apply_each_migration_once(db_factory: DbF
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for _ in range(4)
     ]
     try:
-        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 2  # type: ignore[union-attr]
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4  # type: ignore[union-attr]
         for p in procs:
             p.stdin.write("go\n")  # type: ignore[union-attr]
             p.stdin.flush()  # type: ignore[union-attr]
@@ -318,8 +323,8 @@ def test_concurrent_migrator_processes_apply_each_migration_once(db_factory: DbF
     finally:
         for p in procs:
             p.kill()
-    assert [p.returncode for p in procs] == [0] * 2, [err for _, err in outs]
-    assert sorted((out.strip() for out, _ in outs), key=len) == ["[]"] + [str([m.version for m in SHIPPED])]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    assert sorted((out.strip() for out, _ in outs), key=len) == ["[]"] * 3 + [str([m.version for m in SHIPPED])]
     assert [a.version for a in db.applied_migrations()] == [m.version for m in SHIPPED]
 
 
@@ -471,3 +476,36 @@ def test_schema_migrations_definition_matches_bootstrap(db: Database) -> None:
     with db.read() as conn:
         rows = conn.execute(sa.select(schema_migrations)).all()
     assert [r.version for r in rows] == [m.version for m in SHIPPED]
+
+
+def _reader_holding(path: Path) -> sqlite3.Connection:
+    """A connection in the middle of a read on a rollback-journal file (it holds the shared lock)."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN")
+    holder.execute("SELECT * FROM t").fetchall()
+    return holder
+
+
+def test_wal_switch_retries_while_another_connection_reads_the_new_file(tmp_path: Path) -> None:
+    """SQLite refuses a journal-mode change at once (no busy handler) while another connection reads."""
+    holder = _reader_holding(tmp_path / "new.db")
+    switcher = sqlite3.connect(tmp_path / "new.db", timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        switcher.execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        _enable_wal(switcher.cursor(), timeout_s=10.0)
+    finally:
+        release.join()
+    assert switcher.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_wal_switch_gives_up_at_the_busy_timeout(tmp_path: Path) -> None:
+    _reader_holding(tmp_path / "new.db")
+    switcher = sqlite3.connect(tmp_path / "new.db", timeout=0, isolation_level=None)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enable_wal(switcher.cursor(), timeout_s=0.3)
+    assert 0.1 < time.monotonic() - started < 5
