@@ -31,12 +31,20 @@ def planogram() -> Planogram:
     return Planogram.from_store(store)
 
 
-def change(deltas: dict[int, float], t: float = 10.0) -> ShelfChange:
+def change(deltas: dict[int, float], t: float = 10.0, steps: dict[int, tuple[float, float]] | None = None
+           ) -> ShelfChange:
+    """A change of lanes ``deltas`` (index -> grams); ``steps`` (index -> (first, last) s after the start) the
+    lanes' step times (the others unknown), or none at all."""
     d = np.zeros(len(LANES))
     for j, v in deltas.items():
         d[j] = v
+    t_step = None
+    if steps is not None:
+        t_step = np.full((len(LANES), 2), np.nan)
+        for j, (a, b) in steps.items():
+            t_step[j] = (T0 + t + a, T0 + t + b)
     return ShelfChange("S", [f"L{j + 1}" for j in range(len(LANES))], T0 + t, T0 + t + 1, T0 + t + 1.4, d,
-                       np.full(len(LANES), 0.3), np.abs(d) >= 3.0)
+                       np.full(len(LANES), 0.3), np.abs(d) >= 3.0, t_step=t_step)
 
 
 def summary(parts) -> list[tuple]:
@@ -60,6 +68,25 @@ def test_identify_table(deltas: dict[int, float], expected: list[tuple]) -> None
         assert {p.parts for p in parts} == {len(parts)} and sorted(p.part for p in parts) == list(range(len(parts)))
     for p in parts:
         assert p.best.p > 0.5 and p.explained
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (None, []),  # step times unknown: taken for a slide, as before
+    ({2: (0.30, 0.32), 3: (0.31, 0.31)}, []),  # the two lanes stepped together: a slid can
+    ({2: (0.30, 0.45), 3: (0.50, 0.55)}, []),  # ... give or take the swing of the goods
+    ({2: (0.90, 0.90), 3: (0.30, 0.30)}, [("pick", "COLA", 1, False, ["L3"]), ("put", "COLA", 1, False, ["L4"])]),
+    ({2: (0.20, 0.25), 3: (0.70, 0.72)}, [("pick", "COLA", 1, False, ["L3"]), ("put", "COLA", 1, False, ["L4"])]),
+    ({2: (0.20, 0.25)}, []),  # one lane's step came before this activity: no evidence against a slide
+])
+def test_slide_or_put_back_and_pick(steps: dict | None, expected: list[tuple]) -> None:
+    """A cola can off L3 and one onto L4 that cancel: a slide when the lanes stepped together, a pick and another
+    shopper's put-back when they stepped apart (between them the shelf held one can more, or one less)."""
+    idf = Identifier(planogram())
+    ch = change({2: -354.0, 3: 356.0}, steps=steps)
+    parts = idf.identify(ch, learn=False)
+    assert sorted(summary(parts)) == sorted(expected)
+    assert idf.explained_lanes(ch)[[2, 3]].all()  # explained either way: nothing is held as residue
+    assert all(p.parts == len(parts) for p in parts)
 
 
 def test_unexplained_weight_has_no_confident_candidate() -> None:

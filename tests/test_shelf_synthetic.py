@@ -7,6 +7,7 @@ import pytest
 
 from bench.shelf import T0, SynthEvent, render
 from calibration.store import Store, store_from_dict
+from edge.shelf.detector import ShelfDetector
 from edge.shelf.gateway import Layout, ShelfGateway, run
 from edge.shelf.planogram import Planogram
 from edge.shelf.readers import ArrayReader
@@ -72,6 +73,14 @@ CASES = [
     ("a pick while another item waits half lifted",
      [ev("held", 4, {6: 1.0}, "E", hold_s=4.0), ev("pick", 5, {2: 1.0}, "B")],
      [("pick", "B", 1, False), ("pick", "E", 1, False)]),
+    # an item slid from one of its lanes to the next leaves one as it arrives on the other: nothing to charge;
+    # a put-back and another shopper's pick on the two lanes cancel on the shelf too, but step apart in time
+    ("an item slid along its lanes", [ev("pick", 5, {3: 1.0}, "C"), ev("put", 5, {4: 1.0}, "C")], []),
+    ("slow slide", [ev("pick", 5, {3: 1.0}, "C", ramp_s=0.8), ev("put", 5, {4: 1.0}, "C", ramp_s=0.8)], []),
+    ("put-back, then another shopper's pick on the next lane",
+     [ev("put", 5, {3: 1.0}, "C"), ev("pick", 5.5, {4: 1.0}, "C")], [("put", "C", 1, False), ("pick", "C", 1, False)]),
+    ("pick, then another shopper's put-back on the next lane",
+     [ev("pick", 5, {4: 1.0}, "C"), ev("put", 5.4, {3: 1.0}, "C")], [("pick", "C", 1, False), ("put", "C", 1, False)]),
 ]
 
 
@@ -124,3 +133,22 @@ def test_latency_within_a_second_of_stable() -> None:
     for m, e in zip(by_start, events, strict=True):
         lag = gw.emit_times[m.event_id] - e.t_stable
         assert -1.0 < lag <= 1.0, (m.event_id, lag)  # early: the last swing is within the noise
+
+
+@pytest.mark.parametrize("events, expected", [
+    # lane -> its step, seconds after t0: the middle of the ramp (touch 0.2 s + half the ramp)
+    ([ev("pick", 5, {3: 1.0}, "C", press_g=40.0, wobble_g=30.0)], {3: 0.325}),
+    ([ev("put", 5, {3: 1.0}, "C"), ev("pick", 5.5, {4: 1.0}, "C")], {3: 0.325, 4: 0.825}),
+    ([ev("slow", 5, {0: 1.0}, "A", ramp_s=2.0)], {0: 1.2}),
+])
+def test_detector_step_times(events: list[SynthEvent], expected: dict[int, float]) -> None:
+    """The detector tells when each lane made its step (the middle of its ramp, late by half the boxcar)."""
+    ts, x = render(len(LANES), 12.0, events, np.random.default_rng(1), 1.0, 0.5)
+    det = ShelfDetector([("S1", [f"L{j + 1}" for j in range(len(LANES))])])
+    changes = [ch for k in range(0, ts.size, 15) for ch in det.push(ts[k:k + 15], x[k:k + 15])]
+    (ch,) = changes
+    assert ch.t_step is not None
+    lag = det.cfg.w / 2 / det.cfg.rate_hz
+    for j, t in expected.items():
+        first, last = ch.t_step[j] - T0 - 5.0 - lag
+        assert t - 0.1 <= first <= last <= t + 0.1, (j, first, last)

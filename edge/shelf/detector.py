@@ -18,7 +18,9 @@ How it works
   (mean over the settled window) is compared with the level before the activity: lanes whose change is above
   ``max(lane_min_g, k_lane * sd)`` are involved.  No involved lane (a hand pressed and let go, a bump, a
   vibration): no event, the resting level re-zeroes.  Otherwise a :class:`ShelfChange` is emitted at once — the
-  emission lags the true end of motion by about ``2 * smooth_s + settle_s``.
+  emission lags the true end of motion by about ``2 * smooth_s + settle_s``.  The change also says when each
+  lane made its step (``t_step``: first and last time its smoothed level lay past half its change, from the
+  level kept while the shelf was active): two lanes that step together moved one item between them.
 * An ``explain(change)`` callback (the identifier) says which of the changed lanes a product explains.  The
   rest (a hand resting on the shelf, an item held half on it, half an item that straddles) is not emitted: it
   stays as a *residue* — the lane's resting level moves on, its reference does not — so when the rest of the
@@ -67,6 +69,7 @@ class DetectorConfig:
     spread_floor_g: float = 0.3
     hold_max_s: float = 30.0  # an unexplained change waits this long for the shelf to explain itself
     unexplained_min_g: float = 20.0  # after that it is emitted if it moved at least this much, else dropped
+    trace_max_s: float = 30.0  # the smoothed level of an active shelf is kept this long (for step times)
 
     @property
     def w(self) -> int:
@@ -83,7 +86,9 @@ class ShelfChange:
 
     ``delta[j]`` is the signed change (grams) of the shelf's lane ``j`` (negative: weight taken), ``sd[j]`` its
     standard error, ``involved[j]`` whether the lane changed significantly.  ``t_start``/``t_end`` bound the
-    motion; ``t_emit`` is the frame time at which the shelf was found stable again.
+    motion; ``t_emit`` is the frame time at which the shelf was found stable again.  ``t_step[j]`` (when known)
+    is when lane ``j`` made its step: the first and the last time of the activity its smoothed level lay past
+    half of its change; NaN where the step is not in this activity's frames (most of it came before, a residue).
     """
 
     shelf: str
@@ -95,6 +100,7 @@ class ShelfChange:
     sd: np.ndarray
     involved: np.ndarray
     explained: bool = True
+    t_step: np.ndarray | None = None  # (lanes, 2): first/last time the lane's level was past half its change
 
     @property
     def total_g(self) -> float:
@@ -118,6 +124,8 @@ class _Shelf:
     resid0: np.ndarray | None = None  # residues then
     residue_since: float | None = None  # the shelf holds a residue since then
     warm: list = field(default_factory=list)  # (d, residual) frames collected during the warm-up
+    trace: list = field(default_factory=list)  # (ts, m) chunks of the smoothed level while active
+    trace_n: int = 0  # frames in trace
 
 
 class ShelfDetector:
@@ -387,6 +395,7 @@ class ShelfDetector:
                 if not holding:
                     self._follow(lanes, f.m, i, j_bad)
                 s.state = ACTIVE
+                s.trace, s.trace_n = [], 0
                 s.t_start = float(f.ts[j_bad]) - 1.0 / c.rate_hz
                 s.last_active_t = float(f.ts[j_bad])
                 s.settled_run = 0
@@ -405,6 +414,7 @@ class ShelfDetector:
             if ok.any():
                 ok &= self._steady(lanes, f.wv[i:, lanes])
             hit = np.flatnonzero(ok)
+            self._keep_trace(s, f, i, i + int(hit[0]) + 1 if hit.size else K)
             if hit.size == 0:
                 if loud.size:
                     s.last_active_t = float(f.ts[i + int(loud[-1])])
@@ -446,6 +456,32 @@ class ShelfDetector:
         s.state = STABLE
         return take
 
+    def _keep_trace(self, s: _Shelf, f: _Frames, a: int, b: int) -> None:
+        """Keep the active shelf's smoothed level over block frames a..b-1 (the last ``trace_max_s``)."""
+        if b <= a:
+            return
+        s.trace.append((f.ts[a:b].copy(), f.m[a:b, s.lo:s.hi].copy()))
+        s.trace_n += b - a
+        cap = round(self.cfg.trace_max_s * self.cfg.rate_hz)
+        while len(s.trace) > 1 and s.trace_n - s.trace[0][0].size >= cap:
+            s.trace_n -= s.trace.pop(0)[0].size
+
+    def _step_times(self, s: _Shelf, recent: np.ndarray) -> np.ndarray | None:
+        """Per lane of the shelf, the first and the last time of this activity that its smoothed level lay
+        past half of ``recent`` (its change since the activity began); NaN where it never did or did not stay.
+        None without a trace (a residue decided on a quiet shelf)."""
+        if not s.trace or s.rest0 is None:
+            return None
+        ts = np.concatenate([t for t, _ in s.trace])
+        r = np.vstack([m for _, m in s.trace]) - s.rest0
+        past = (np.sign(recent) * r >= 0.5 * np.abs(recent)) & (recent != 0)  # (frames, lanes)
+        k = ts.size
+        first = np.where(past.any(axis=0), ts[np.argmax(past, axis=0)], np.nan)
+        # the last step: the frame after the last one not past half (the first frame when all are past)
+        after = np.where(past.all(axis=0), 0, np.minimum(k - np.argmax(~past[::-1], axis=0), k - 1))
+        last = np.where(past[-1], ts[after], np.nan)  # NaN: the level fell back before the shelf settled
+        return np.column_stack([first, last])
+
     def _significant(self, delta: np.ndarray, inv: np.ndarray) -> bool:
         pos = delta[inv & (delta > 0)].sum()
         neg = -delta[inv & (delta < 0)].sum()
@@ -463,6 +499,8 @@ class ShelfDetector:
         sd_delta = np.maximum(self.sd_d[lanes] * np.sqrt(c.w / c.n_settle), np.sqrt(2.0 * wv))
         thr = np.maximum(c.lane_min_g, c.k_lane * sd_delta)
         t_end = max(s.t_start, s.last_active_t - c.w / c.rate_hz)
+        steps = self._step_times(s, recent)
+        s.trace, s.trace_n = [], 0
         options = [("full", full)]
         if np.any(np.abs(s.resid0) >= thr):  # a residue worth trying without
             options.append(("recent", recent))
@@ -473,7 +511,7 @@ class ShelfDetector:
                 expl = np.zeros_like(inv)
             else:
                 ch = ShelfChange(s.id, self.lane_ids[lanes], s.t_start, t_end, t_now, delta.copy(),
-                                 sd_delta.copy(), inv)
+                                 sd_delta.copy(), inv, t_step=_own_steps(steps, recent, delta))
                 expl = inv.copy() if self.explain is None else (np.asarray(self.explain(ch), bool) & inv)
             unexplained = float(np.abs(delta[inv & ~expl]).sum())
             if best is None or unexplained < best[0] - 1e-9:
@@ -488,7 +526,7 @@ class ShelfDetector:
         if expl.any() and self._significant(delta, expl):
             self.counters["changes"] += 1
             out.append(ShelfChange(s.id, self.lane_ids[lanes], s.t_start, t_end, t_now, delta.copy(),
-                                   sd_delta.copy(), expl.copy()))
+                                   sd_delta.copy(), expl.copy(), t_step=_own_steps(steps, recent, delta)))
         elif not inv.any():
             self.counters["transients"] += 1
         self.rest[lanes] = level
@@ -549,6 +587,15 @@ class _Frames:
     m: np.ndarray
     d: np.ndarray
     wv: np.ndarray
+
+
+def _own_steps(steps: np.ndarray | None, recent: np.ndarray, delta: np.ndarray) -> np.ndarray | None:
+    """The step times of the lanes whose change ``delta`` came mostly in this activity (``recent``); NaN for
+    the others (their step lies in an earlier activity)."""
+    if steps is None:
+        return None
+    own = np.abs(recent) >= 0.5 * np.abs(delta)
+    return np.where(own[:, None], steps, np.nan)
 
 
 def _levels(y: np.ndarray, w: int, T: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

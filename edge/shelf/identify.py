@@ -29,7 +29,10 @@ then taken as one group or cut into up to three contiguous segments: the cut tha
 then the one with more segments explained by the lanes' own products (separate lanes that each lost whole items
 are separate takes), then the highest evidence (``split_prior`` per extra segment).  Sub-events of one change
 share a parent id.  Two opposite groups of one product on its own touching lanes that cancel are an item slid
-along its lanes: no event.
+along its lanes: no event -- unless the detector's step times show the two lanes stepped apart in time (more
+than ``slide_sync_s`` between them).  A slid item leaves one lane as it arrives on the next: the two lanes pass
+half their change together.  A put-back and another shopper's pick of the same product at about the same
+moment step one after the other (between them the shelf holds one item more, or one less) and are two events.
 
 Learning
 --------
@@ -76,6 +79,7 @@ class IdentifyConfig:
     missing_put_factor: float = 0.2  # each unit put back beyond those picked lately makes a put this unlikelier
     explain_max_z: float = 3.5  # a group is explained when its best candidate is this close in weight
     explain_min_share: float = 0.6  # ... and most of the moved grams lie on lanes holding it
+    slide_sync_s: float = 0.2  # the two lanes of a slid item pass half their change no further apart than this
     min_p: float = 0.001
     max_candidates: int = 8
 
@@ -213,7 +217,7 @@ class Identifier:
         """(sub-events, lanes consumed without an event: an item that slid along its lanes).  The detector's
         question and the gateway's are usually the same change: the last answer is kept."""
         key = (change.shelf, change.t_start, change.t_emit, change.delta.tobytes(), change.involved.tobytes(),
-               self.pg.version, self._acct_version)
+               None if change.t_step is None else change.t_step.tobytes(), self.pg.version, self._acct_version)
         if self._last is not None and self._last[0] == key:
             parts, consumed = self._last[1]
             return [replace(p, change=change) for p in parts], consumed
@@ -327,7 +331,8 @@ class Identifier:
 
     def _is_slide(self, change: ShelfChange, parts: list[Identified]) -> bool:
         """An item pushed along its own lanes: the same product leaves one lane and arrives on the next, the
-        two changes cancel, and both lanes are the product's home."""
+        two changes cancel, both lanes are the product's home, and (where the step times are known) the two
+        lanes made their steps together."""
         a, b = parts
         if abs(a.total_g + b.total_g) >= self.cfg.event_min_g:
             return False
@@ -339,7 +344,23 @@ class Identifier:
         jb = [pos[ln] for ln, _ in b.lanes]
         touching = min(abs(x - y) for x in ja for y in jb) <= 1
         own = all(self.pg.is_home(change.lanes[j], ba.sku) for j in ja + jb)
-        return touching and own
+        return touching and own and self._stepped_together(change, ja, jb)
+
+    def _stepped_together(self, change: ShelfChange, ja: list[int], jb: list[int]) -> bool:
+        """Whether lanes ``ja`` and ``jb`` stepped at the same time: the spans from the first to the last time
+        each group lay past half its change overlap, give or take ``slide_sync_s``.  True when a step time is
+        unknown (no evidence against a slide)."""
+        if change.t_step is None:
+            return True
+        sa, sb = change.t_step[ja], change.t_step[jb]
+        if not (np.isfinite(sa).all() and np.isfinite(sb).all()):
+            return True
+        gap = max(sa[:, 0].min(), sb[:, 0].min()) - min(sa[:, 1].max(), sb[:, 1].max())
+        if gap > self.cfg.slide_sync_s:
+            log.info("shelf %s: opposite changes of one product stepped %.2f s apart: two events, not a slide",
+                     change.shelf, gap)
+            return False
+        return True
 
     # ------------------------------------------------------------------------------------- scoring
     def _view(self, change: ShelfChange) -> _View:
