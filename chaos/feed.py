@@ -1,8 +1,8 @@
 """What the store's devices publish during a simulator session: every message with its publish time and the
 device (process) that publishes it.
 
-Tracks and shelf events come from truth perception (:mod:`walkout.truth_perception`: the true tracks and
-events with realistic noise), gate scans from the session.  The devices follow the chaos store's grouping
+Tracks, shelf events and the shelf gateway's watermark heartbeats come from truth perception
+(:mod:`walkout.truth_perception`: the true tracks and events with realistic noise), gate scans from the session.  The devices follow the chaos store's grouping
 (:func:`chaos_devices`): one camera process per camera, one shelf gateway for the whole store (so cutting it
 off cuts every shelf), one entry gate per gate.  A device re-stamps ``source`` and ``seq`` when it publishes
 (its transport's own numbering), exactly as a real device does; everything else in a payload stays as perceived.
@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from calibration.store import Store, store_from_dict
 from walkout.deploy import Device
-from wire.messages import GateEntryMsg, ShelfEventMsg, TracksMsg
+from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
 from wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = ROOT / "replay_data" / "sessions"
 CACHE = ROOT / "runs" / "chaos" / "cache"
-FEED_VERSION = 3
+FEED_VERSION = 4
 SHELF_DEVICE = "shelf-gateway"
 
 
@@ -131,7 +131,10 @@ def _items_of(session: Any, seed: int) -> list[Item]:
         elif isinstance(msg, ShelfEventMsg):
             it = Item(t, SHELF_DEVICE, Kind.SHELF_EVENTS, msg.shelf, msg)
             rank = 2
-        else:  # pragma: no cover - perceive yields only tracks and events
+        elif isinstance(msg, StatusMsg):  # the gateway's watermark heartbeat, about the gateway itself
+            it = Item(t, SHELF_DEVICE, Kind.STATUS, SHELF_DEVICE, msg.model_copy(update={"device": SHELF_DEVICE}))
+            rank = 3
+        else:  # pragma: no cover - perceive yields only tracks, events and heartbeats
             continue
         items.append((t, rank, it.device, n, it))
     for msg in session.gate_entries():
@@ -190,6 +193,8 @@ def restamp(item: Item, source: str, seq: int, shift: float = 0.0, skew: float =
         if isinstance(msg, ShelfEventMsg):
             upd["t_start"] = msg.t_start + dt
             upd["t_end"] = msg.t_end + dt
+        if isinstance(msg, StatusMsg) and msg.watermark is not None:
+            upd["watermark"] = msg.watermark + dt
     return msg.model_copy(update=upd)
 
 

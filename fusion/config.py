@@ -100,6 +100,12 @@ class CheckoutConfig(_Cfg):
     hold_amount: int = Field(5000, ge=0, title="Entry hold", description="Minor units held at entry")
     stale_device_s: float = Field(3.0, gt=0, title="Stale device",
                                   description="A camera silent this long counts as offline")
+    shelf_wait_max_s: float = Field(60.0, ge=0, title="Shelf watermark wait",
+                                    description="A visit due to settle waits for every online shelf gateway "
+                                                "whose low watermark has not passed its exit (its link may be "
+                                                "stalled with the visit's last events in its outbox), at most "
+                                                "this many seconds of event time; then it is settled and held "
+                                                "for review")
 
 
 class FusionConfig(_Cfg):

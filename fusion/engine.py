@@ -110,6 +110,9 @@ class FusionEngine:
         self.offline: dict[str, list[list[float]]] = {}  # device -> [[from, to or inf], ...]
         self.camera_seen: dict[str, float] = {}
         self.camera_clock: dict[str, float] = {}  # newest capture time delivered per camera device (source)
+        # shelf device -> (newest low watermark it sent, ts of that status): every shelf event starting before
+        # the watermark was published.  Devices that never sent one (older gateways) are not in it
+        self.shelf_marks: dict[str, tuple[float, float]] = {}
         self.stats = EngineStats()
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
 
@@ -214,6 +217,10 @@ class FusionEngine:
         return [VisitOpened(v.id, v.account, v.gate, v.party_size, msg.ts)]
 
     def _status(self, msg: StatusMsg) -> None:
+        if msg.kind == "shelf" and msg.watermark is not None:
+            mark = self.shelf_marks.get(msg.device)
+            if mark is None or (msg.watermark, msg.ts) > mark:  # the newest; a late older status changes nothing
+                self.shelf_marks[msg.device] = (msg.watermark, msg.ts)
         spans = self.offline.setdefault(msg.device, [])
         at = max(self.processed_until, msg.ts) if msg.state != "online" else msg.ts
         if msg.state in ("offline", "stopped"):
@@ -260,12 +267,25 @@ class FusionEngine:
                     out.extend(self._shelf_event(p.msg))
         if not self._settle or min(self._settle.values()) > now:
             return out
+        wait_max = self.cfg.checkout.shelf_wait_max_s
         for vid, due in sorted(self._settle.items(), key=lambda kv: (kv[1], kv[0])):
             v = self.visits.visits[vid]
-            blocked = any(p.msg.t_start <= (v.exited_at or 0) for p in self._events)
-            if due <= now and not blocked:
-                del self._settle[vid]
-                out.append(self._settle_visit(v, due if now == float("inf") else max(due, self.clock)))
+            exited = v.exited_at or 0
+            blocked = any(p.msg.t_start <= exited for p in self._events)
+            if due > now or blocked:
+                continue
+            # shelf gateways whose watermark has not passed the exit may still hold events of the visit's last
+            # moments (a stalled link, its outbox waiting): wait for the online ones, up to wait_max
+            behind = sorted(dev for dev, (mark, _) in self.shelf_marks.items() if mark < exited)
+            waiting = [dev for dev in behind if not self._offline_now(dev)]
+            if waiting and now != float("inf") and now < due + wait_max:
+                continue
+            if waiting and now != float("inf"):
+                log.warning("visit %s: shelf gateway(s) %s silent past its exit for %.0f s (last watermark "
+                            "status at %s); settled for review", vid, ", ".join(waiting), now - due,
+                            ", ".join(f"{self.shelf_marks[d][1]:.3f}" for d in waiting))
+            del self._settle[vid]
+            out.append(self._settle_visit(v, due if now == float("inf") else max(due, self.clock), behind))
         return out
 
     # ------------------------------------------------------------------------------------------ shelf events
@@ -335,7 +355,7 @@ class FusionEngine:
                 down.append(cam)
         return down
 
-    def _settle_visit(self, v: Visit, now: float) -> VisitSettled:
+    def _settle_visit(self, v: Visit, now: float, shelves_behind: list[str] | None = None) -> VisitSettled:
         v.settled = True
         cart = self.carts[v.id]
         lines = tuple(cart.receipt_lines(self.store))
@@ -344,6 +364,11 @@ class FusionEngine:
         down = self._devices_down(v.entered_at, v.exited_at or now)
         if down:
             reasons.append("offline during the visit: " + ", ".join(down))
+        if shelves_behind:  # events of the visit's last moments may be missing from the cart
+            exited = v.exited_at or now
+            reasons.append("shelf gateway silent past the exit: " + ", ".join(
+                f"{dev} (events up to {exited - self.shelf_marks[dev][0]:.1f} s before the exit)"
+                for dev in shelves_behind))
         if len(v.shoppers) < v.party_size:
             reasons.append(f"party of {v.party_size} but {len(v.shoppers)} shopper(s) tracked")
         gone = [s for s in v.shoppers if getattr(self.floor.shopper(s), "vanished", False)]  # older snapshots lack it

@@ -40,7 +40,8 @@ of those instants, never a cart line, a scan or a payment.  Trajectory samples a
 ``trajectory_flush_s`` of event time and before each snapshot); the ones lost with a kill are sampled again
 from the replayed messages.
 
-Status messages: every one is recorded (``device_events``, which also tells their repeats); only cameras' and
+Status messages: every one is recorded (``device_events``, which also tells their repeats) but a shelf gateway's
+watermark heartbeats (inbox only, relaxed like track frames); only cameras' and
 shelves' (``kind`` camera or shelf, not this process) go into the inbox and reach the engine (offline spans
 hold visits), with their time clamped to the engine's clock, since a transport stamps its status with the
 wall clock.
@@ -269,14 +270,17 @@ class FusionService:
         self.handle(TopicInfo(kind, self.store.store.id, key), msg)
 
     def _inbox_add(self, info: TopicInfo, msg: BaseModel) -> int | None:
-        durable = info.kind is not Kind.TRACKS or not self.settings.relaxed_tracks
+        # a shelf gateway's watermark heartbeat (a status with a watermark and no counters, several a second)
+        # is like a track frame: in the inbox, not a device event, and a lost one is made good by the next
+        beat = isinstance(msg, StatusMsg) and msg.watermark is not None and not msg.counters
+        durable = (info.kind is not Kind.TRACKS and not beat) or not self.settings.relaxed_tracks
         self._set_durability(durable)
         source, seq, ts = msg.source, msg.seq, float(msg.ts)  # type: ignore[attr-defined]
         try:
             with self._conn.begin():
                 if not durable and self._conn.dialect.name == "postgresql":
                     self._conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
-                if isinstance(msg, StatusMsg):
+                if isinstance(msg, StatusMsg) and not beat:
                     fresh = store_db.device_event_add(
                         self._conn,
                         source=source,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import replace
 
 import pytest
 
+from fusion.config import FusionConfig
 from fusion.engine import CartChanged, FusionEngine, Unassigned, VisitOpened, VisitSettled
 from tests.fusion_scene import (
+    T0,
     ScriptedShopper,
     entry,
     lane_target,
@@ -185,3 +188,93 @@ def test_a_shopper_lost_for_a_moment_is_not_taken_as_gone():
     _, effects = run(two_neighbours("L2", "L3"))
     for rec in receipts(effects).values():
         assert not any("not seen leaving" in reason for reason in rec.reasons)
+
+
+# ------------------------------------------------------------------------------------------ shelf watermark
+SHELF_DEV = "shelfgw"
+
+
+def late_picker(t_end: float = 40.0):
+    """Gil enters, picks from L2 at 6-7 s and again at 12-13 s, and leaves at ~17 s; the cameras keep sending
+    (empty) frames until ``t_end``.  The shelf events are published 0.5 s after their end."""
+    target = lane_target(STORE, "L2")
+    s = ScriptedShopper("gil", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, 1.3, 2.65), (13.5, 1.3, 2.65),
+                                (16.5, 5.5, 0.5), (17.0, 5.6, 0.3)], [(6.0, 7.0, target), (12.0, 13.0, target)])
+    events = [shelf_event(STORE, "e1", "L2", 6.0, 7.0, 1), shelf_event(STORE, "e2", "L2", 12.0, 13.0, 2)]
+    return tracks_messages([s], CAMS, t_end) + [entry("acct-gil", 1.1, 1)], events
+
+
+def shelf_heartbeats(events, t_end: float, every: float = 0.25):
+    """The gateway's watermark heartbeats: at t, min(t, t_start of every event not yet published at t)."""
+    out = []
+    for k in range(int(t_end / every)):
+        t = T0 + k * every
+        mark = min([t] + [e.t_start for e in events if e.t_start < t < e.ts])
+        out.append(StatusMsg(source=SHELF_DEV, seq=100 + k, ts=t, device=SHELF_DEV, kind="shelf", state="online",
+                             watermark=mark))
+    return out
+
+
+def delivered(msgs, stall: tuple[float, float] | None):
+    """Delivery order: by capture time, except that the shelf gateway's messages captured during ``stall``
+    (from, to: seconds) wait in its outbox and arrive, in order, when it ends."""
+    def key(m):
+        ts = float(m.ts)
+        if stall and m.source == SHELF_DEV and T0 + stall[0] <= ts < T0 + stall[1]:
+            return (T0 + stall[1], ts)
+        return (ts, ts)
+    return sorted(msgs, key=key)
+
+
+def settle_gil(heartbeats: bool, stall, wait_max: float = 60.0, offline_at: float | None = None,
+               snapshot_at: int | None = None):
+    tracks, events = late_picker()
+    msgs = tracks + events + (shelf_heartbeats(events, 40.0) if heartbeats else [])
+    if offline_at is not None:  # the broker's last will for the gateway: not held in its outbox
+        msgs.append(StatusMsg(source="broker-will", seq=1, ts=T0 + offline_at, device=SHELF_DEV, kind="shelf",
+                              state="offline"))
+    cfg = FusionConfig.model_validate({"checkout": {"shelf_wait_max_s": wait_max}})
+    eng, effects = FusionEngine(STORE, cfg), []
+    for i, m in enumerate(delivered(msgs, stall)):
+        if i == snapshot_at:  # restore from a snapshot of an engine older than the watermark (no shelf_marks)
+            state = pickle.loads(eng.snapshot())
+            if not heartbeats:
+                del state["shelf_marks"]
+            eng = FusionEngine.restore(STORE, cfg, pickle.dumps(state))
+        effects.extend(eng.offer(m))
+    effects.extend(eng.finish())
+    return receipts(effects)["acct-gil"], [e for e in effects if isinstance(e, Unassigned)]
+
+
+@pytest.mark.parametrize("heartbeats, stall, wait_max, offline_at, picks, decision, reason, settled", [
+    # no stall: the heartbeats change nothing, not even when the visit settles
+    (True, None, 60.0, None, 2, "charge", None, (16.5, 17.5)),
+    (False, None, 60.0, None, 2, "charge", None, (16.5, 17.5)),
+    # the link stalls from 12.5 s to 25 s, over the exit: e2 waits in the outbox.  Without a watermark (older
+    # gateways) the visit settles without it; with one, it waits until the outbox delivers
+    (False, (12.5, 25.0), 60.0, None, 1, "charge", None, (16.5, 17.5)),
+    (True, (12.5, 25.0), 60.0, None, 2, "charge", None, (24.5, 25.5)),
+    # ... but never longer than shelf_wait_max_s: then it settles, held, naming the gateway
+    (True, (12.5, 25.0), 3.0, None, 1, "hold", "shelf gateway silent past the exit: shelfgw", (19.5, 20.5)),
+    # an offline gateway (its last will) is not waited for; the visit is held for it
+    (True, (12.5, 25.0), 60.0, 14.0, 1, "hold", "offline during the visit: shelfgw", (16.5, 17.5)),
+])
+def test_a_visit_waits_for_the_shelf_gateways_watermark(heartbeats, stall, wait_max, offline_at, picks, decision,
+                                                        reason, settled):
+    r, unassigned = settle_gil(heartbeats, stall, wait_max, offline_at)
+    assert [ln["sku"] for ln in r.lines] == [STORE.lanes["L2"].sku] and r.lines[0]["qty"] == picks
+    assert r.decision == decision, r.reasons
+    if reason:
+        assert any(reason in why for why in r.reasons), r.reasons
+    assert settled[0] <= r.settled_at - T0 <= settled[1]
+    assert 16.0 < r.exited_at - T0 < 16.5
+    assert [u.event_id for u in unassigned] == ([] if picks == 2 else ["e2"])  # e2 came after the settling
+
+
+@pytest.mark.parametrize("heartbeats", [True, False])
+def test_a_snapshot_taken_while_a_visit_waits_restores_to_the_same_receipt(heartbeats):
+    stall = (12.5, 25.0)
+    ref, _ = settle_gil(heartbeats, stall)
+    n = len(late_picker()[0]) // 2  # mid-stall, the visit due and waiting for the watermark
+    got, _ = settle_gil(heartbeats, stall, snapshot_at=n)
+    assert got == ref

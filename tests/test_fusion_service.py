@@ -353,6 +353,26 @@ def test_device_status_reaches_the_engine_only_for_cameras_and_shelves(
     assert [tuple(e) for e in events] == [(device, "offline")]
 
 
+
+def test_watermark_heartbeats_go_to_the_inbox_not_to_device_events(sqlite_db: Database) -> None:
+    """A shelf gateway's watermark heartbeats (several a second) reach the engine through the inbox but are not
+    device events; its full status (with counters) still is one."""
+    run = Run(sqlite_db)
+    msgs = _scene(12.5)
+    run.feed(msgs[:100])
+    beats = [StatusMsg(source="shelf-x", seq=k, ts=T0 + 1 + 0.25 * k, device="shelf-x", kind="shelf",
+                       state="online", watermark=T0 + 0.25 * k) for k in range(4)]
+    full = StatusMsg(source="shelf-x", seq=4, ts=T0 + 2.5, device="shelf-x", kind="shelf", state="online",
+                     watermark=T0 + 2.4, counters={"events": 3})
+    for m in [*beats, full]:
+        publish(run.pub, m)
+    run.feed(msgs[100:])
+    with sqlite_db.read() as conn:
+        events = conn.execute(sa.text("SELECT seq FROM device_events WHERE source = 'shelf-x'")).scalars().all()
+    assert events == [4]
+    assert run.service.engine.shelf_marks["shelf-x"][0] >= T0 + 0.75
+
+
 # ------------------------------------------------------------------------------------------- tables, config
 def test_cart_lines_are_append_only(db: Database) -> None:
     run = Run(db)

@@ -176,3 +176,38 @@ def test_cli_replay_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len(list(report.glob("visit_*.png"))) == 2
     assert "V01" in (report / "index.html").read_text()
     assert main(["eval", str(SESSIONS / "smoke"), str(tmp_path / "nothing")]) == 1  # not a run folder
+
+
+def _truth_shelf_feed(session):
+    from walkout.truth_perception import PerceptionConfig, perceive
+    from wire.messages import TracksMsg
+
+    return [(t, m) for t, m in perceive(session, PerceptionConfig(seed=0)).feed() if not isinstance(m, TracksMsg)]
+
+
+@pytest.mark.parametrize("feed", ["gateway", "truth"])
+def test_shelf_feeds_carry_a_watermark_no_later_event_starts_before(feed: str) -> None:
+    """The replay feeds' shelf gateway (the real one, or truth perception's) publishes a watermark heartbeat
+    every 0.25 s of capture time; no event published after a heartbeat starts before its watermark, and events
+    and heartbeats are numbered together in publish order (one source, one sequence)."""
+    from sim.session import Session
+    from walkout.replay import gateway_feed
+    from wire.messages import ShelfEventMsg, StatusMsg
+
+    s = Session.open(SESSIONS / "hard-100s")
+    items = list(gateway_feed(s)) if feed == "gateway" else _truth_shelf_feed(s)
+    assert [t for t, _ in items] == sorted(t for t, _ in items)
+    beats = [m for _, m in items if isinstance(m, StatusMsg)]
+    events = [m for _, m in items if isinstance(m, ShelfEventMsg)]
+    assert events and len(beats) >= 4 * 99  # a 100 s session
+    assert all(b.kind == "shelf" and b.device == b.source and b.watermark <= b.ts for b in beats)
+    assert all(t == m.ts for t, m in items if isinstance(m, StatusMsg))  # published at its capture time
+    seqs = [m.seq for _, m in items]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    mark = 0.0
+    for _, m in items:
+        if isinstance(m, StatusMsg):
+            mark = max(mark, m.watermark)
+        else:
+            assert m.t_start >= mark, m.event_id
+    assert any(b.watermark < b.ts - 0.5 for b in beats)  # held back while a shelf was moving

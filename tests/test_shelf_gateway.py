@@ -132,6 +132,7 @@ def test_events_and_status_are_published_over_mqtt(tmp_path: Path, mqtt_broker, 
     ours = [s for s in status if "events" in s.counters]  # the gateway's own counters (the transport adds its own)
     assert ours and ours[-1].counters["events"] == 1 and ours[-1].kind == "shelf"
     assert ours[-1].counters["samples_k"] >= 1 and ours[-1].counters["rejected"] == 1
+    assert ours[-1].watermark is not None and T0 + 9.0 < ours[-1].watermark < T0 + 10.0  # all out at the end
 
 
 # ------------------------------------------------------------------------------------------- planogram
@@ -178,3 +179,59 @@ def test_layout_and_event_ids() -> None:
     assert lay.cells == ["L1a", "L1b", "L2a", "L2b"] and lay.cell_start.tolist() == [0, 2] and lay.summed
     assert event_id("S1", T0 + 1.2345) == "S1-1700000001234"
     assert len(event_id("x" * 64, T0)) <= 64
+
+
+# ------------------------------------------------------------------------------------------- watermark
+def _gateway_steps(x: np.ndarray, block: int, rate: float = 60.0):
+    """Feed frames ``x`` (samples, lanes) of store_dict()'s shelf to a gateway ``block`` samples at a time;
+    per block: (newest frame processed, watermark after it, events it emitted)."""
+    from edge.shelf.gateway import ShelfGateway
+    from edge.shelf.readers import SampleBlock
+
+    store = store_from_dict(store_dict())
+    layout = Layout.from_store(store)
+    counter = iter(range(1 << 30))
+    gw = ShelfGateway(layout, Planogram.from_store(store), "gw-wm", lambda: next(counter), rate)
+    assert gw.watermark() is None  # nothing processed yet: no claim
+    n, lanes = x.shape
+    steps = []
+    for i in range(0, n, block):
+        rows = x[i:i + block]
+        ts = np.repeat(T0 + np.arange(i, i + len(rows)) / rate, lanes)
+        blk = SampleBlock(np.tile(np.arange(lanes, dtype=np.int32), len(rows)), ts, rows.ravel())
+        msgs = gw.feed(blk, layout.cells)
+        steps.append((gw.processed_until, gw.watermark(), msgs))
+    return steps
+
+
+@pytest.mark.parametrize("block, grams, action", [(6, -300.0, "pick"), (30, -300.0, "pick"), (6, 520.0, "put"),
+                                                  (1, -300.0, "pick")])
+def test_watermark_stays_at_an_activity_start_until_its_event_is_emitted(block: int, grams: float,
+                                                                         action: str) -> None:
+    """The gateway's low watermark follows the newest frame while the shelf is quiet, stops at the start of
+    an activity while it is not emitted yet, and moves on once its event is out: no event ever starts before
+    a watermark the gateway reported earlier."""
+    rate, n = 60.0, 600
+    rng = np.random.default_rng(4)
+    x = 1000.0 + rng.normal(0, 0.8, (n, 2))
+    lane = 0 if action == "pick" else 1
+    x[300:330, lane] += np.linspace(0, grams, 30)  # a half-second step on one lane from 5 s
+    x[330:, lane] += grams
+    steps = _gateway_steps(x, block, rate)
+    events = [(k, m) for k, (_, _, msgs) in enumerate(steps) for m in msgs]
+    assert [m.action for _, m in events] == [action]
+    k_emit, ev = events[0]
+    first = next(k for k, (until, _, _) in enumerate(steps) if until is not None)  # the aligner's first frames
+    assert all(wm is None for _, wm, _ in steps[:first])
+    steps, k_emit = steps[first:], k_emit - first
+    marks = [wm for _, wm, _ in steps]
+    assert marks == sorted(marks)  # never goes back
+    for k, (until, wm, _) in enumerate(steps):
+        if k < k_emit:
+            assert wm <= ev.t_start + 1e-9  # the event was not out: the watermark did not pass its start
+        if wm < until - 1e-9:  # held back: by the activity in progress
+            assert k < k_emit and wm == pytest.approx(ev.t_start)
+    held = [k for k, (until, wm, _) in enumerate(steps) if wm < until - 1e-9]
+    assert held and held[-1] == k_emit - 1  # held from the activity's start until the event was emitted
+    assert steps[k_emit][1] == steps[k_emit][0]  # then it follows the newest frame again
+    assert steps[0][1] == steps[0][0] < T0 + 1.0

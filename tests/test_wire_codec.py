@@ -148,6 +148,7 @@ def status_msgs(draw: Any) -> StatusMsg:
         version=draw(texts),
         config_hash=draw(texts),
         counters=draw(st.dictionaries(ids, st.integers(0, 10**6), max_size=8)),
+        watermark=draw(st.none() | stamps),
     )
 
 
@@ -254,6 +255,18 @@ def test_every_message_kind_round_trips(kind: Kind, data: st.DataObject, store: 
     assert info == TopicInfo(kind, store, key)
     assert back == msg and type(back) is type(msg)
     assert encode(back) == encode(msg)
+
+
+@pytest.mark.parametrize("watermark, on_wire", [(None, False), (1_767_261_600.25, True), (0.0, True)])
+def test_status_watermark_is_optional_and_left_out_when_absent(watermark: float | None, on_wire: bool) -> None:
+    """A shelf gateway's low watermark travels on its status; a status without one (older devices) encodes as
+    before, without the field."""
+    msg = StatusMsg(source="shelf-1", seq=3, ts=1_767_261_600.5, device="shelf-1", kind="shelf", state="online",
+                    watermark=watermark)
+    payload = encode(msg)
+    assert ("watermark" in json.loads(payload)) is on_wire
+    _, back = decode(topic(Kind.STATUS, "s1", "shelf-1"), payload)
+    assert back == msg and back.watermark == watermark
 
 
 # --------------------------------------------------------------------------------------------- topics
@@ -443,6 +456,10 @@ INVALID = [
     (Kind.STATUS, "state", "sleeping", "state"),
     (Kind.STATUS, "counters", {"received": -1}, "counters.received"),
     (Kind.STATUS, "device", "d2", "device"),
+    (Kind.STATUS, "watermark", -1.0, "watermark"),
+    (Kind.STATUS, "watermark", 1e10, "watermark"),
+    (Kind.STATUS, "watermark", math.inf, "watermark"),
+    (Kind.STATUS, "watermark", "soon", "watermark"),
     (Kind.CART, "lines[0].amount", 301, "lines[0]"),
     (Kind.CART, "total", 299, "<payload>"),
     (Kind.CART, "currency", "usd", "currency"),

@@ -52,6 +52,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -227,31 +228,58 @@ def camera_feed(session, model: Path, cameras: list[str] | None = None, latency_
     log.info("camera pipeline: %s", pipeline.counters.as_dict())
 
 
-def gateway_feed(session, device: str = "shelf-gateway") -> Feed:
+def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.25) -> Feed:
     """The real shelf gateway on the session's load-cell channels; publish time: when it emitted the event
-    (capture time of the frame that found the shelf stable again)."""
+    (capture time of the frame that found the shelf stable again).  Like ``walkout edge shelf``, it also
+    publishes a watermark heartbeat (a status with the gateway's low watermark) every ``heartbeat_s`` of capture
+    time, published at that time, and a last one at the end; the events and heartbeats are numbered together
+    in publish order."""
     from edge.shelf.gateway import Layout, ShelfGateway
     from edge.shelf.planogram import Planogram
     from edge.shelf.readers import McapReader
 
     reader = McapReader(session.path)
     layout = Layout.from_store(session.store, reader.channels)
-    counter = iter(range(1 << 62))
     rate = float(reader.rate_hz or 60.0)
-    gw = ShelfGateway(layout, Planogram.from_store(session.store), device, lambda: next(counter), rate)
+    gw = ShelfGateway(layout, Planogram.from_store(session.store), device, lambda: 0, rate)
     gw.emit_times = {}
+    seqs = iter(range(1 << 62))
     last = -float("inf")
+    beat_at: float | None = None  # the next heartbeat's capture time (a multiple of heartbeat_s)
 
-    def out(msgs: list[ShelfEventMsg]) -> Iterator[tuple[float, ShelfEventMsg]]:
-        nonlocal last
+    def beat(t: float, mark: float) -> tuple[float, StatusMsg]:
+        return t, StatusMsg(source=device, seq=next(seqs), ts=t, device=device, kind="shelf", state="online",
+                            watermark=mark)
+
+    def out(msgs: list[ShelfEventMsg]) -> Iterator[tuple[float, BaseModel]]:
+        """A block's events at their emit times and the heartbeats due up to the newest frame processed, in
+        publish order.  A heartbeat at t: the watermark now, or earlier, the start of an event emitted after t."""
+        nonlocal last, beat_at
+        timed = []
         for msg in msgs:
             last = max(last, gw.emit_times.get(msg.event_id, float(msg.t_end)))
-            yield last, msg
+            timed.append((last, msg))
+        until, mark = gw.processed_until, gw.watermark()
+        i = 0
+        if heartbeat_s > 0 and until is not None and mark is not None:
+            if beat_at is None:
+                beat_at = math.ceil(until / heartbeat_s) * heartbeat_s
+            while beat_at <= until:
+                while i < len(timed) and timed[i][0] <= beat_at:
+                    yield timed[i][0], timed[i][1].model_copy(update={"seq": next(seqs)})
+                    i += 1
+                yield beat(beat_at, min([beat_at, mark] + [m.t_start for _, m in timed[i:]]))
+                beat_at += heartbeat_s
+        for t, msg in timed[i:]:
+            yield t, msg.model_copy(update={"seq": next(seqs)})
 
     try:
         for block in reader.blocks():
             yield from out(gw.feed(block, reader.channels))
         yield from out(gw.finish())
+        end, mark = gw.processed_until, gw.watermark()
+        if heartbeat_s > 0 and end is not None and mark is not None:  # everything is out: the last word
+            yield beat(max(last, end), mark)
     finally:
         reader.close()
     log.info("shelf gateway: %s", gw.counters(reader))

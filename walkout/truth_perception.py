@@ -25,7 +25,9 @@ Shelf events (:class:`ShelfNoise`): the true events of a shelf that overlap in t
 sometimes, part of the weight spilling onto a neighbouring lane (an item straddling two plates).  The real
 identifier of the shelf gateway (:class:`edge.shelf.identify.Identifier`, on the store's planogram) turns
 each change into events with candidate lists -- the same near-equal-weight ambiguity, sub-events and
-misplaced-item learning as the gateway -- published ``emit_lag_s`` after the change settled.
+misplaced-item learning as the gateway -- published ``emit_lag_s`` after the change settled.  Like the gateway,
+the shelf source also publishes a watermark heartbeat every ``heartbeat_s`` (a status whose watermark at t is
+the earliest start of an event not yet published at t, or t), numbered with the events in publish order.
 
 Everything is deterministic: every random draw comes from ``numpy.random.default_rng([seed, stream,
 camera])``; the same session and seed give the same messages.
@@ -54,7 +56,7 @@ from edge.shelf.detector import ShelfChange
 from edge.shelf.gateway import event_id
 from edge.shelf.identify import Identified, Identifier
 from edge.shelf.planogram import Planogram
-from wire.messages import Candidate, LaneDelta, ShelfEventMsg, TracksMsg
+from wire.messages import Candidate, LaneDelta, ShelfEventMsg, StatusMsg, TracksMsg
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class ShelfNoise:
     emit_lag_s: float = 0.55  # the gateway publishes this long after the shelf settled
     emit_jitter_s: float = 0.05
     merge_gap_s: float = 0.1  # true events of one shelf closer than this in time make one change
+    heartbeat_s: float = 0.25  # the gateway's watermark heartbeats, seconds of capture time apart (0: none)
 
 
 @dataclass(frozen=True)
@@ -682,6 +685,34 @@ def _event_msg(r: Identified, base: str, source: str, seq: int) -> ShelfEventMsg
     )
 
 
+def shelf_heartbeats(events: list[tuple[float, ShelfEventMsg]], t_from: float, t_to: float, every: float,
+                     source: str = SHELF_SOURCE) -> list[tuple[float, StatusMsg]]:
+    """The gateway's watermark heartbeats for ``events`` (publish time, message): one at every multiple ``t`` of
+    ``every`` from ``t_from`` to ``t_to``, published at ``t``, whose watermark is ``t`` or the earliest
+    ``t_start`` of an event not yet published at ``t`` (an event published at ``t`` goes before it)."""
+    grid = np.arange(math.ceil(t_from / every), math.floor(t_to / every) + 1) * every
+    mark = grid.copy()
+    for t_pub, m in events:
+        lo, hi = np.searchsorted(grid, m.t_start, "right"), np.searchsorted(grid, t_pub, "left")
+        mark[lo:hi] = np.minimum(mark[lo:hi], m.t_start)
+    return [(float(t), StatusMsg(source=source, seq=0, ts=float(t), device=source, kind="shelf", state="online",
+                                 watermark=float(w))) for t, w in zip(grid, mark, strict=True)]
+
+
+def _numbered(events: list[tuple[float, ShelfEventMsg]], beats: list[tuple[float, StatusMsg]]
+              ) -> tuple[list[tuple[float, ShelfEventMsg]], list[tuple[float, StatusMsg]]]:
+    """Events and heartbeats of the shelf source numbered together in publish order (heartbeats after the
+    events of the same instant)."""
+    order = sorted([(t, 0, i) for i, (t, _) in enumerate(events)] + [(t, 1, i) for i, (t, _) in enumerate(beats)])
+    ev, hb = list(events), list(beats)
+    for seq, (t, kind, i) in enumerate(order):
+        if kind == 0:
+            ev[i] = (t, ev[i][1].model_copy(update={"seq": seq}))
+        else:
+            hb[i] = (t, hb[i][1].model_copy(update={"seq": seq}))
+    return ev, hb
+
+
 # ------------------------------------------------------------------------------------------------ everything
 @dataclass
 class Perceived:
@@ -692,13 +723,16 @@ class Perceived:
     truths: dict[str, CameraTruth]
     track_stats: dict[str, TrackStats]
     shelf_stats: ShelfStats | None
+    heartbeats: list[tuple[float, StatusMsg]] = field(default_factory=list)  # the shelf source's watermark
 
     def feed(self) -> list[tuple[float, BaseModel]]:
-        """Every message, in publish order (ties: events after tracks, then by source and seq)."""
+        """Every message, in publish order (ties: events after tracks, heartbeats after events, then by source
+        and seq)."""
         items: list[tuple[float, int, str, int, BaseModel]] = []
         for msgs in self.tracks.values():
             items.extend((t, 1, m.source, m.seq, m) for t, m in msgs)
         items.extend((t, 2, m.source, m.seq, m) for t, m in self.events)
+        items.extend((t, 3, m.source, m.seq, m) for t, m in self.heartbeats)
         items.sort(key=lambda x: x[:4])
         return [(t, m) for t, _, _, _, m in items]
 
@@ -712,7 +746,11 @@ def perceive(session, config: PerceptionConfig | None = None, cameras: list[str]
     tracks, tstats = {}, {}
     for cid, ct in truths.items():
         tracks[cid], tstats[cid] = noisy_tracks(ct, session.cameras[cid], cfg)
-    events, sstats = ([], None)
+    events, sstats, beats = [], None, []
     if with_shelf:
         events, sstats = shelf_events(session.store, session.truth, cfg)
-    return Perceived(tracks, events, truths, tstats, sstats)
+        times = [t for msgs in tracks.values() for t, _ in msgs] + [t for t, _ in events]
+        if cfg.shelf.heartbeat_s > 0 and times:
+            beats = shelf_heartbeats(events, min(times), max(times), cfg.shelf.heartbeat_s)
+            events, beats = _numbered(events, beats)
+    return Perceived(tracks, events, truths, tstats, sstats, beats)

@@ -163,6 +163,10 @@ class StatusMsg(Envelope):
     version: Annotated[str, Field(max_length=64)] = ""
     config_hash: Annotated[str, Field(max_length=128)] = ""
     counters: dict[Ident, Count] = Field(default_factory=dict, max_length=64)
+    watermark: Timestamp | None = Field(
+        None, title="Event-time low watermark (shelf gateways)",
+        description="Capture time before which every shelf event (by t_start) has been published; "
+                    "fusion waits for it before settling a visit that exited after it")
 
 
 # --------------------------------------------------------------------------------------------- carts

@@ -66,7 +66,8 @@ TOPICS: dict[Kind, TopicSpec] = {
         TopicSpec(Kind.GATE_ENTRY, PREFIX + "/{store}/gate/{gate}/entry", "gate", GateEntryMsg,
                   "entry gate", 1, False, "an accepted app scan at the entry gate"),
         TopicSpec(Kind.STATUS, PREFIX + "/{store}/status/{device}", "device", StatusMsg,
-                  "every process", 1, True, "online / offline (last will) / stopped, version, config hash"),
+                  "every process", 1, True, "online / offline (last will) / stopped, version, config hash; "
+                  "shelf gateways: low watermark (every event starting before it was published)"),
         TopicSpec(Kind.CART, PREFIX + "/{store}/carts/{visit}", "visit", CartSnapshotMsg,
                   "fusion", 1, True, "live cart snapshot of a visit"),
         TopicSpec(Kind.RECEIPT, PREFIX + "/{store}/receipts/{visit}", "visit", ReceiptMsg,

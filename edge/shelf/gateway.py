@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from calibration.store import Store
-from edge.shelf.detector import DetectorConfig, ShelfChange, ShelfDetector
+from edge.shelf.detector import ACTIVE, DetectorConfig, ShelfChange, ShelfDetector
 from edge.shelf.identify import Identified, Identifier, IdentifyConfig
 from edge.shelf.planogram import Planogram
 from edge.shelf.readers import Aligner, Reader, SampleBlock
@@ -138,6 +138,7 @@ class ShelfGateway:
         self._warned: set[str] = set()
         self.stats = GatewayStats()
         self.emit_times: dict[str, float] | None = None  # event id -> capture time it was emitted at (if set)
+        self.processed_until: float | None = None  # capture time of the newest frame the detector has seen
 
     # ------------------------------------------------------------------------------------- feeding
     def _channel_map(self, channels: list[str]) -> np.ndarray:
@@ -179,7 +180,24 @@ class ShelfGateway:
         if self.layout.summed:
             frames = np.add.reduceat(frames, self.layout.cell_start, axis=1)
         self.stats.frames += int(t.size)
-        return self._messages(self.detector.push(t, frames))
+        msgs = self._messages(self.detector.push(t, frames))
+        self.processed_until = max(float(t[-1]), self.processed_until or float(t[-1]))
+        return msgs
+
+    def watermark(self) -> float | None:
+        """The gateway's event-time low watermark: every event whose ``t_start`` is before it has been returned
+        by :meth:`feed`/:meth:`finish`.  The capture time of the newest frame processed, or earlier: the start
+        of any shelf activity not yet emitted (a shelf still moving, a residue held until it is explained or
+        given up).  None before the first frame."""
+        if self.processed_until is None:
+            return None
+        t = self.processed_until
+        for s in self.detector.shelves:
+            if s.state == ACTIVE:
+                t = min(t, s.t_start)
+            if s.residue_since is not None:
+                t = min(t, s.residue_since)
+        return t
 
     # ------------------------------------------------------------------------------------- messages
     def _messages(self, changes: list[ShelfChange]) -> list[ShelfEventMsg]:

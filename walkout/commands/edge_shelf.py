@@ -5,7 +5,10 @@ serial port / TCP socket speaking the ``walkout-loadcells`` line protocol (``/de
 ``socket://host:port``; see :mod:`edge.shelf.readers`).  The planogram comes from ``--store`` (a walkout store
 description), from ``--planogram`` (an AiFi product CSV as it is), or from a store description attached to the
 MCAP.  Events go to the broker (``--broker``, QoS 1 through a transport with an outbox, status with last will
-and counters), or, with ``--dry-run``, to stdout (``--json``: one JSON event a line).
+and counters), or, with ``--dry-run``, to stdout (``--json``: one JSON event a line).  Every status carries the
+gateway's event-time low watermark (every event starting before it was published), also sent on its own every
+``--watermark-every`` seconds: fusion waits for it before settling a visit, so a stalled link's events reach
+the receipt.
 """
 
 from __future__ import annotations
@@ -56,7 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password-env", default="WALKOUT_MQTT_PASSWORD",
                    help="environment variable holding the MQTT password (default %(default)s)")
     p.add_argument("--outbox", help="outbox file: unacknowledged events survive a restart")
-    p.add_argument("--status-every", type=float, default=10.0, help="seconds between status messages")
+    p.add_argument("--status-every", type=float, default=10.0,
+                   help="seconds between full status messages (retained, with counters and the watermark)")
+    p.add_argument("--watermark-every", type=float, default=0.25,
+                   help="seconds between watermark heartbeats: small status messages with the gateway's "
+                        "event-time low watermark, so fusion settles a visit without waiting for the next "
+                        "full status (0: only the full status carries it; default %(default)s)")
     p.set_defaults(func=main)
 
 
@@ -181,12 +189,16 @@ def main(args: argparse.Namespace) -> int:
         def sink(msg: ShelfEventMsg) -> None:
             transport.publish(Kind.SHELF_EVENTS, msg.shelf, msg)
 
-        last = [time.monotonic()]
+        last = [time.monotonic(), time.monotonic()]  # full status, watermark heartbeat
 
         def tick() -> None:
-            if time.monotonic() - last[0] >= args.status_every:
-                last[0] = time.monotonic()
+            now = time.monotonic()
+            if now - last[0] >= args.status_every:
+                last[0] = last[1] = now
                 publish_status(transport, device, config_hash, gateway, reader, "online")
+            elif args.watermark_every > 0 and now - last[1] >= args.watermark_every:
+                last[1] = now
+                publish_watermark(transport, device, config_hash, gateway)
 
     log.info("shelf gateway %s: %s, %d shelves, %d lanes, %.0f Hz", device, reader.description,
              len(layout.shelves), len(layout.lanes), rate)
@@ -210,5 +222,19 @@ def publish_status(transport, device: str, config_hash: str, gateway: ShelfGatew
     from wire.transport import status_message
 
     msg = status_message(device, "shelf", state, transport.seq(), __version__, config_hash,
-                         gateway.counters(reader))
+                         gateway.counters(reader), watermark=gateway.watermark())
+    transport.publish(Kind.STATUS, device, msg)
+
+
+def publish_watermark(transport, device: str, config_hash: str, gateway: ShelfGateway) -> None:
+    """A small ``online`` status with the gateway's low watermark (no counters), stamped with the capture time
+    of the newest frame processed: fusion settles a visit once every shelf gateway's watermark has passed its
+    exit.  Nothing before the first frame (no watermark yet)."""
+    from wire.transport import status_message
+
+    wm = gateway.watermark()
+    if wm is None:
+        return
+    msg = status_message(device, "shelf", "online", transport.seq(), __version__, config_hash, watermark=wm,
+                         ts=gateway.processed_until)
     transport.publish(Kind.STATUS, device, msg)
