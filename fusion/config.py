@@ -100,6 +100,10 @@ class CheckoutConfig(_Cfg):
     hold_amount: int = Field(5000, ge=0, title="Entry hold", description="Minor units held at entry")
     stale_device_s: float = Field(3.0, gt=0, title="Stale device",
                                   description="A camera silent this long counts as offline")
+    forget_after_s: float = Field(300.0, ge=60, title="Forget after",
+                                  description="Seconds of event time after a visit's exit (or a shopper's) "
+                                              "when fusion drops it from memory: its receipt is in the "
+                                              "database, and memory and snapshots stay flat")
     shelf_wait_max_s: float = Field(60.0, ge=0, title="Shelf watermark wait",
                                     description="A visit due to settle waits for every online shelf gateway "
                                                 "whose low watermark has not passed its exit (its link may be "

@@ -114,6 +114,7 @@ class FusionEngine:
         # the watermark was published.  Devices that never sent one (older gateways) are not in it
         self.shelf_marks: dict[str, tuple[float, float]] = {}
         self.stats = EngineStats()
+        self.forgotten: list[Visit] | None = None  # a list: :meth:`forget` keeps what it drops there (replays)
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
 
     # ------------------------------------------------------------------------------------------ input
@@ -197,7 +198,30 @@ class FusionEngine:
             out.extend(self._shopper_left(sid, msg.ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
             self.floor.prune(msg.ts)
+            self.forget(msg.ts - self.cfg.checkout.forget_after_s)
         return out
+
+    def forget(self, before: float) -> list[Visit]:
+        """Drop what no message can change any more, so memory and snapshots stay flat however long the
+        store is open: visits settled (and their carts) whose last exit was before ``before``, the shoppers
+        who left before it and offline spans that ended before it (and before every open visit began).  Returns the visits dropped (their
+        receipts are in the database).  A late shelf event of a dropped visit's shopper goes to review as
+        unassigned, as one of a settled visit does."""
+        old = [v for v in self.visits.visits.values() if v.settled and (v.exited_at or v.entered_at) < before]
+        for v in old:
+            del self.visits.visits[v.id]
+            self.carts.pop(v.id, None)
+            for sid in v.shoppers:
+                self.visits.by_shopper.pop(sid, None)
+        if self.forgotten is not None:
+            self.forgotten.extend(old)
+        n = self.floor.forget(before, keep=frozenset(self.visits.by_shopper))
+        cut = min([before] + [v.entered_at for v in self.visits.visits.values() if not v.settled])
+        for spans in self.offline.values():  # a span an open visit overlapped still holds it at settling
+            spans[:] = [sp for sp in spans if sp[1] >= cut]
+        if old or n:
+            log.debug("forgot %d settled visits and %d shoppers who left before %.3f", len(old), n, before)
+        return old
 
     def _bind(self, ts: float) -> list[Effect]:
         if not self.visits.has_pending(ts):
@@ -385,7 +409,7 @@ class FusionEngine:
 
     # ------------------------------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
-        state = {k: val for k, val in self.__dict__.items() if k not in ("store", "cfg", "lane_boxes")}
+        state = {k: val for k, val in self.__dict__.items() if k not in ("store", "cfg", "lane_boxes", "forgotten")}
         return pickle.dumps(state, protocol=5)
 
     @classmethod

@@ -389,6 +389,22 @@ class FloorTracker:
     def retire(self, slot: int, ts: float) -> str:
         return self._retire(self.info[slot], ts)
 
+    def forget(self, before: float, keep: set[str] | frozenset[str] = frozenset()) -> int:
+        """Drop the shoppers who left before ``before`` (except the ids in ``keep``: those a visit not yet
+        settled still needs); returns how many.  Slots are renumbered."""
+        stay = [s for s in self.info
+                if s.state != LEFT or s.exited_t is None or s.exited_t >= before or s.id in keep]
+        if len(stay) == len(self.info):
+            return 0
+        new_slot = {self._by_id[s.id]: k for k, s in enumerate(stay)}
+        gone = len(self.info) - len(stay)
+        self.info = stay
+        self._by_id = {s.id: k for k, s in enumerate(stay)}
+        self._live = [new_slot[k] for k in self._live]  # live shoppers never leave the list
+        self.links = {cam: {tid: new_slot[k] for tid, k in links.items() if k in new_slot}
+                      for cam, links in self.links.items()}
+        return gone
+
     def prune(self, now: float) -> None:
         """Drop history older than the configured span (positions and wrists)."""
         horizon = now - self.cfg.history_s

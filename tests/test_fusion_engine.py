@@ -20,6 +20,7 @@ from tests.fusion_scene import (
     shelf_event,
     tracks_messages,
 )
+from tests.helpers_fusion_scene import crowd_messages
 from wire.messages import StatusMsg
 
 STORE = scene_store()
@@ -278,3 +279,43 @@ def test_a_snapshot_taken_while_a_visit_waits_restores_to_the_same_receipt(heart
     n = len(late_picker()[0]) // 2  # mid-stall, the visit due and waiting for the watermark
     got, _ = settle_gil(heartbeats, stall, snapshot_at=n)
     assert got == ref
+
+
+# ------------------------------------------------------------------------------------------- memory
+def test_settled_visits_and_left_shoppers_are_forgotten_and_receipts_unchanged():
+    """A long day in a small store: visits settled long ago, their carts and the shoppers who left are dropped
+    (memory and snapshots stay flat); the receipts are the same as with nothing dropped."""
+    msgs = crowd_messages(shoppers=30, gap_s=6.0)
+    keep, kept = run(msgs, FusionEngine(STORE))
+    cfg = FusionConfig.model_validate({"checkout": {"forget_after_s": 60.0}})
+    eng = FusionEngine(STORE, cfg)
+    eng.forgotten = []
+    effects = []
+    for m in msgs:
+        effects.extend(eng.offer(m))
+        if m.ts > msgs[0].ts + 70 and len(eng.visits.visits) > 0:
+            # nothing that exited more than forget_after_s (and a prune period) ago is still held
+            old = [v for v in eng.visits.visits.values() if v.settled and v.exited_at < m.ts - 60 - 25]
+            assert not old
+    effects.extend(eng.finish())
+    assert receipts(effects).keys() == receipts(kept).keys()
+    for acct, r in receipts(kept).items():
+        assert (receipts(effects)[acct].lines, receipts(effects)[acct].decision) == (r.lines, r.decision)
+    assert len(eng.forgotten) > 10
+    assert len(eng.visits.visits) + len(eng.forgotten) == len(keep.visits.visits)
+    assert len(eng.floor.info) < len(keep.floor.info) - 10
+    assert len(pickle.dumps((eng.visits, eng.carts))) < len(pickle.dumps((keep.visits, keep.carts))) / 2
+    assert "forgotten" not in pickle.loads(eng.snapshot())  # a replay's record, not engine state
+    assert set(eng.carts) == set(eng.visits.visits)
+
+
+def test_forget_keeps_the_shoppers_of_a_visit_not_yet_settled():
+    """A party: one member left long ago, the other still shops; the one who left stays (the visit needs them)."""
+    eng, _ = run(crowd_messages(shoppers=3, gap_s=3.0))
+    sid = next(iter(eng.visits.by_shopper))
+    vid = eng.visits.by_shopper[sid]
+    eng.visits.visits[vid].settled = False
+    eng.forget(float("inf"))
+    assert sid in {s.id for s in eng.floor.info}
+    assert vid in eng.visits.visits and vid in eng.carts
+    assert all(eng.visits.visits[v].settled is False for v in eng.visits.visits)

@@ -306,6 +306,7 @@ class ReplayFusion(FusionService):
         self._bucket: dict[str, int] = {}
         self._sampled = -1  # the last bucket sampled (all cameras' messages of one instant sample once)
         self.ignored_status = 0
+        self.engine.forgotten = []  # visits.jsonl lists every visit, also those fusion let go of
 
     def handle(self, info: TopicInfo, msg: BaseModel) -> None:
         if isinstance(msg, StatusMsg) and self.span is not None:
@@ -599,7 +600,7 @@ def _write_outputs(run_dir: Path, fusion: ReplayFusion, recorder: ReceiptRecorde
         f.write("t,shopper,visit,x,y\n")
         for t, sid, vid, x, y in sorted(fusion.floor_rows, key=lambda r: (r[1], r[0])):
             f.write(f"{t:.3f},{sid},{vid},{x:.4f},{y:.4f}\n")
-    visits = fusion.engine.visits.visits
+    visits = {**{v.id: v for v in fusion.engine.forgotten or ()}, **fusion.engine.visits.visits}
     _jsonl(run_dir / "visits.jsonl", (
         {"visit": v.id, "account": v.account, "gate": v.gate, "party_size": v.party_size,
          "shoppers": list(v.shoppers), "entered_at": v.entered_at, "exited_at": v.exited_at,
