@@ -8,7 +8,9 @@ once the clock passes its end by ``association.delay_s``; a visit is settled onc
 exit by ``checkout.settle_delay_s`` and no earlier shelf event is still waiting.
 
 The whole engine pickles (``snapshot``/``restore``): the service stores snapshots in the database and replays
-the messages committed after the last one, which gives the same state after a crash.
+the messages committed after the last one, which gives the same state after a crash.  Memory and snapshots stay
+flat over a long day: :meth:`FusionEngine.forget` drops settled visits, their carts and the shoppers who left
+``checkout.forget_after_s`` after their exit (their receipts are in the database).
 """
 
 from __future__ import annotations
