@@ -206,9 +206,9 @@ class FusionEngine:
     def forget(self, before: float) -> list[Visit]:
         """Drop what no message can change any more, so memory and snapshots stay flat however long the
         store is open: visits settled (and their carts) whose last exit was before ``before``, the shoppers
-        who left before it and offline spans that ended before it (and before every open visit began).  Returns the visits dropped (their
-        receipts are in the database).  A late shelf event of a dropped visit's shopper goes to review as
-        unassigned, as one of a settled visit does."""
+        who left before it and offline spans that ended before it and before every open visit began.
+        Returns the visits dropped (their receipts are in the database).  A late shelf event of a dropped
+        visit's shopper goes to review as unassigned, as one of a settled visit does."""
         old = [v for v in self.visits.visits.values() if v.settled and (v.exited_at or v.entered_at) < before]
         for v in old:
             del self.visits.visits[v.id]
@@ -411,7 +411,8 @@ class FusionEngine:
 
     # ------------------------------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
-        state = {k: val for k, val in self.__dict__.items() if k not in ("store", "cfg", "lane_boxes", "forgotten")}
+        skip = ("store", "cfg", "lane_boxes", "forgotten")  # config, derived, and a replay's record
+        state = {k: val for k, val in self.__dict__.items() if k not in skip}
         return pickle.dumps(state, protocol=5)
 
     @classmethod

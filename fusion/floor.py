@@ -393,7 +393,7 @@ class FloorTracker:
         """Drop the shoppers who left before ``before`` (except the ids in ``keep``: those a visit not yet
         settled still needs); returns how many.  Slots are renumbered."""
         stay = [s for s in self.info
-                if s.state != LEFT or s.exited_t is None or s.exited_t >= before or s.id in keep]
+                if s.state != LEFT or s.exited_t >= before or s.id in keep]  # LEFT: exited_t is set
         if len(stay) == len(self.info):
             return 0
         new_slot = {self._by_id[s.id]: k for k, s in enumerate(stay)}
