@@ -33,6 +33,7 @@ from wire.messages import (
     Candidate,
     CartLine,
     CartSnapshotMsg,
+    ClockMsg,
     GateEntryMsg,
     Keypoint,
     LaneDelta,
@@ -236,6 +237,9 @@ def random_message(rng: random.Random, kind: Kind) -> tuple[str, BaseModel]:
             visit=_ident(rng, "visit") if rng.random() < 0.8 else None,
         )
         return topic(kind, STORE, account), msg
+    if kind is Kind.CLOCK:
+        msg = ClockMsg(**_envelope(rng, "fusion"), period_s=rng.uniform(0.5, 5.0))
+        return topic(kind, STORE, "fusion"), msg
     raise ValueError(f"no generator for {kind}")
 
 

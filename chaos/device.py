@@ -4,22 +4,26 @@
 ``python -m chaos.device PLANS.pickle`` (the runner writes a list of :class:`DevicePlan`, one per device).  Protocol on the
 standard streams: prints ``ready`` once connected; reads ``go W0 T0 SPEED SHIFT`` (session time ``T0`` happens at wall
 time ``W0``, ``SPEED`` times real time; capture times move by ``SHIFT`` seconds); publishes each message at ``W0 + (t - T0) / SPEED``; prints
-``done N`` once every message was acknowledged by the broker (meanwhile each device publishes an ``online`` status
+``done N {DEVICE: [CLOCK_ERROR_S, BEACONS]}`` once every message was acknowledged by the broker (meanwhile each device publishes an ``online`` status
 every ``status_every`` seconds, as the edge processes do); then keeps its connection (a live device) until
 ``stop`` or end of input, when it stops cleanly.  SIGKILL it to kill the device: the broker publishes its last
-will.
+will.  A device's own clock runs ``skew`` off; like the edge processes it follows the store clock
+(:mod:`wire.clock`: fusion's beacons, waited for before ``ready``) and stamps capture times on it.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chaos.feed import Item, restamp
+from wire.clock import StoreClock
 from wire.mqtt import MqttTransport
 from wire.topics import Kind
 from wire.transport import status_message
@@ -48,15 +52,22 @@ def _transport(plan: DevicePlan) -> MqttTransport:
                          keepalive=plan.keepalive, backoff=(0.2, 2.0))
 
 
-def play(plans: list[DevicePlan], stdin=sys.stdin, stdout=sys.stdout) -> int:
+def play(plans: list[DevicePlan], stdin=sys.stdin, stdout=sys.stdout, sync_s: float = 30.0) -> int:
     """Run the devices of ``plans`` in this process (each with its own transport), as described above."""
     transports = {p.device: _transport(p) for p in plans}
+    # each device's own clock runs ``skew`` off; like the edge processes it stamps on the store clock
+    plans_by = {p.device: p for p in plans}
+    clocks = {p.device: StoreClock(_skewed(p.skew)).follow(transports[p.device]) for p in plans}
     for t in transports.values():
         t.start()
     for t in transports.values():
         if not t.wait_ready(60):
             print(f"error: {t.device} not connected after 60 s", file=sys.stderr, flush=True)
             return 2
+    for dev, c in clocks.items():
+        if not c.wait_synced(sync_s):
+            log.warning("%s: no store clock beacon after %.0f s: stamping with its own (skewed) clock", dev,
+                        sync_s)
     print("ready", file=stdout, flush=True)
     line = stdin.readline().split()
     if not line or line[0] != "go":
@@ -74,18 +85,25 @@ def play(plans: list[DevicePlan], stdin=sys.stdin, stdout=sys.stdout) -> int:
         beat = _heartbeat(transports, plans, beat)
         t = transports[plan.device]
         it = plan.items[k]
-        t.publish(it.kind, it.key, restamp(it, plan.device, t.seq(), shift, plan.skew))
+        # read on the device's clock (session time + shift + its skew), then put on the store clock
+        t.publish(it.kind, it.key, restamp(it, plan.device, t.seq(), shift, clocks[plan.device].to_store(plan.skew)))
         n += 1
     for t in transports.values():
         while not t.flush(5.0):
             log.info("%s: %d messages not yet acknowledged", t.device, len(t.outbox))
-    print(f"done {n}", file=stdout, flush=True)
+    # how far each device's store time ended up from the true clock (its skew is known here), and beacons heard
+    residual = {d: [round(c.to_store(plans_by[d].skew), 6), c.beacons] for d, c in clocks.items()}
+    print(f"done {n} {json.dumps(residual)}", file=stdout, flush=True)
     for ln in stdin:
         if ln.strip() == "stop":
             break
     for t in transports.values():
         t.stop(timeout=5)
     return 0
+
+
+def _skewed(skew: float) -> Callable[[], float]:
+    return lambda: time.time() + skew
 
 
 def _heartbeat(transports: dict[str, MqttTransport], plans: list[DevicePlan], beat: float) -> float:

@@ -27,6 +27,7 @@ from wire.messages import (
     Candidate,
     CartLine,
     CartSnapshotMsg,
+    ClockMsg,
     GateEntryMsg,
     Keypoint,
     LaneDelta,
@@ -78,6 +79,8 @@ def valid_message(kind: Kind, key: str, ts: float, seq: int, source: str) -> Any
                           total=300, entered_at=ts - 60, exited_at=ts)
     if kind is Kind.ACCOUNT:
         return AccountStatusMsg(source=source, seq=seq, ts=ts, account=key, state="ok")
+    if kind is Kind.CLOCK:
+        return ClockMsg(source=key, seq=seq, ts=ts)
     raise ValueError(kind)
 
 

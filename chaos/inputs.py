@@ -122,7 +122,7 @@ def acl_check(feed: SessionFeed, folder: Path) -> Row:
         elif d.kind == "gate":
             own[d.id] = [(Kind.GATE_ENTRY, k) for k in d.keys]
         elif d.kind == "fusion":
-            own[d.id] = [(Kind.RECEIPT, "v1"), (Kind.CART, "v1"), (Kind.ACCOUNT, "a1")]
+            own[d.id] = [(Kind.RECEIPT, "v1"), (Kind.CART, "v1"), (Kind.ACCOUNT, "a1"), (Kind.CLOCK, d.id)]
         else:
             own[d.id] = []
         own[d.id].append((Kind.STATUS, d.id))

@@ -165,6 +165,7 @@ class DeviceProc:
         self.log_path = folder / f"{name}.log"
         self.proc: subprocess.Popen[str] | None = None
         self.published: int | None = None
+        self.clocks: dict[str, list[float]] = {}  # device -> [store clock error (s), beacons heard]
         self.killed = False
 
     def start(self) -> None:
@@ -311,7 +312,9 @@ class LiveRun:
             raise RuntimeError(f"run folder {self.folder} exists already")
         self.folder.mkdir(parents=True)
         store = self.feed.store
-        extra = {CHAOS_USER: [("write", f"walkout/v1/{self.store_id}/#")]}
+        # the republisher writes what devices publish and carries the store clock's beacons back to them
+        prefix = f"walkout/v1/{self.store_id}"
+        extra = {CHAOS_USER: [("write", f"{prefix}/#"), ("read", f"{prefix}/clock/#")]}
         self.broker = start_store_broker(store, self.folder, devices=chaos_devices(store), extra_users=extra)
         db = Database(self.db_url)
         db.migrate()
@@ -326,7 +329,9 @@ class LiveRun:
             self.edge = MosquittoProcess(MosquittoSettings(), workdir=self.folder / "edge-broker").start()
             self.republisher = Republisher(("127.0.0.1", self.edge.port), ("127.0.0.1", self.broker.port),
                                            f"walkout/v1/{self.store_id}/#", username=CHAOS_USER,
-                                           password=self.broker.passwords[CHAOS_USER], **self.opts.republish).start()
+                                           password=self.broker.passwords[CHAOS_USER],
+                                           back_filter=f"walkout/v1/{self.store_id}/clock/#",
+                                           **self.opts.republish).start()
             target_port, anonymous = self.edge.port, True
         plans = self.feed.devices()
         groups: dict[str, list[DevicePlan]] = {}
@@ -390,7 +395,9 @@ class LiveRun:
             if d.killed:
                 continue
             line = d.wait_line("done", max(1.0, deadline - time.monotonic()))
-            d.published = int(line.split()[1])
+            _, count, *rest = line.split(maxsplit=2)
+            d.published = int(count)
+            d.clocks = json.loads(rest[0]) if rest else {}
         self.timings["devices_done_s"] = round(self.session_now() / self.opts.speed, 2)
         self.wait_settled(deadline)
 

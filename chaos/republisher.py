@@ -1,6 +1,7 @@
 """A chaos republisher between an edge broker (where the devices publish) and the store broker (where fusion
 reads): every message is published twice (same bytes, so the same ``source``/``seq``), and a fraction of
-them (both copies) only after a random delay, which reorders them against the rest.
+them (both copies) only after a random delay, which reorders them against the rest.  ``back_filter`` topics
+(the store clock's beacons) go the other way, from the store broker to the edge broker, with the same fault.
 
 Clock skew is not the republisher's job: each device process skews its own clock (:mod:`chaos.device`).
 """
@@ -28,11 +29,11 @@ class Republisher:
 
     def __init__(self, edge: tuple[str, int], store: tuple[str, int], topic_filter: str, *,
                  username: str | None = None, password: str | None = None, copies: int = 2,
-                 delayed: float = 0.1, max_delay: float = 0.3, seed: int = 0):
+                 delayed: float = 0.1, max_delay: float = 0.3, seed: int = 0, back_filter: str | None = None):
         self.copies, self.delayed, self.max_delay = copies, delayed, max_delay
         self.counters: Counter[str] = Counter()
         self._rng = random.Random(seed)
-        self._heap: list[tuple[float, int, str, bytes, bool]] = []
+        self._heap: list[tuple[float, int, paho.Client, str, bytes, bool]] = []
         self._tie = itertools.count()
         self._cv = threading.Condition()
         self._stop = False
@@ -50,6 +51,18 @@ class Republisher:
         self._in.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, 1)
         self._in.on_subscribe = lambda *a: self._subscribed.set()
         self._edge, self._store = edge, store
+        self._back: tuple[paho.Client, paho.Client] | None = None
+        self._back_filter = back_filter
+        if back_filter:  # store -> edge: the same fault on what devices read
+            back_in = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"chaos-republisher-back-in-{seed}",
+                                  protocol=paho.MQTTv5)
+            if username:
+                back_in.username_pw_set(username, password)
+            back_in.on_connect = lambda c, u, f, rc, p: c.subscribe(back_filter, 0)
+            back_out = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"chaos-republisher-back-out-{seed}",
+                                   protocol=paho.MQTTv5)
+            back_in.on_message = lambda c, u, m: self._forward(back_out, m, "back_")
+            self._back = (back_in, back_out)
         self._thread = threading.Thread(target=self._run_delayed, name="chaos-republisher", daemon=True)
 
     def start(self, timeout: float = 10.0) -> Republisher:
@@ -57,6 +70,11 @@ class Republisher:
         self._out.loop_start()
         self._in.connect(*self._edge)
         self._in.loop_start()
+        if self._back is not None:
+            self._back[1].connect(*self._edge)
+            self._back[1].loop_start()
+            self._back[0].connect(*self._store)
+            self._back[0].loop_start()
         self._thread.start()
         if not self._subscribed.wait(timeout):
             raise RuntimeError("republisher: no SUBACK from the edge broker")
@@ -67,27 +85,35 @@ class Republisher:
         if getattr(rc, "is_failure", False):
             self.counters["refused"] += 1
 
-    def _send(self, topic: str, payload: bytes, retain: bool) -> None:
-        info = self._out.publish(topic, payload, 1, retain)
+    def _send(self, out: paho.Client, topic: str, payload: bytes, retain: bool) -> None:
+        back = "" if out is self._out else "back_"
+        info = out.publish(topic, payload, 1 if not back else 0, retain)
         if info.rc == paho.MQTT_ERR_SUCCESS:
-            self.counters["sent"] += 1
+            self.counters[back + "sent"] += 1
         else:
-            self.counters["send_failed"] += 1
+            self.counters[back + "send_failed"] += 1
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        self.counters["received"] += 1
+        if self._back_filter and paho.topic_matches_sub(self._back_filter, msg.topic):
+            return  # a beacon this republisher brought to the edge broker: not sent round again
+        self._forward(self._out, msg, "")
+
+    def _forward(self, out: paho.Client, msg: paho.MQTTMessage, prefix: str) -> None:
+        self.counters[prefix + "received"] += 1
         topic, payload, retain = msg.topic, bytes(msg.payload), bool(msg.retain)
-        if self._rng.random() < self.delayed:
-            self.counters["delayed"] += 1
+        with self._cv:  # paho calls back on two threads (edge and store connections)
+            late = self._rng.random() < self.delayed
+            delays = [self._rng.uniform(0, self.max_delay) for _ in range(self.copies)] if late else []
+        if late:
+            self.counters[prefix + "delayed"] += 1
             now = time.monotonic()
             with self._cv:
-                for _ in range(self.copies):
-                    heapq.heappush(self._heap, (now + self._rng.uniform(0, self.max_delay), next(self._tie),
-                                                topic, payload, retain))
+                for d in delays:
+                    heapq.heappush(self._heap, (now + d, next(self._tie), out, topic, payload, retain))
                 self._cv.notify()
             return
         for _ in range(self.copies):
-            self._send(topic, payload, retain)
+            self._send(out, topic, payload, retain)
 
     def _run_delayed(self) -> None:
         while True:
@@ -97,8 +123,8 @@ class Republisher:
                     self._cv.wait(max(0.0, min(wait, 0.5)))
                 if self._stop:
                     return
-                _, _, topic, payload, retain = heapq.heappop(self._heap)
-            self._send(topic, payload, retain)
+                _, _, out, topic, payload, retain = heapq.heappop(self._heap)
+            self._send(out, topic, payload, retain)
 
     def idle(self) -> bool:
         """Nothing waiting in the delay queue and everything sent was acknowledged."""
@@ -110,6 +136,6 @@ class Republisher:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        for c in (self._in, self._out):
+        for c in (self._in, self._out, *(self._back or ())):
             c.disconnect()
             c.loop_stop()

@@ -353,9 +353,13 @@ def dup_reorder_skew(s: Suite, delayed: float = 0.1, max_delay: float = 0.3, ske
     dups = int(out.counters.get("transport_duplicate", 0))
     wrong_truth = wrong_vs_truth(out, s.feed.truth)
     ref_truth = wrong_vs_truth(s.reference, s.feed.truth)
+    clocks = {dev: c for d in run.devices.values() for dev, c in d.clocks.items()}
+    errors_ms = [abs(c[0]) * 1000 for c in clocks.values()]
     figures: dict[str, Any] = {"skews": skews, "republisher": rp, "problems": problems,
-                               "wrong_vs_truth": wrong_truth, "reference_wrong_vs_truth": ref_truth, **run.timings}
+                               "store_clock": clocks, "wrong_vs_truth": wrong_truth,
+                               "reference_wrong_vs_truth": ref_truth, **run.timings}
     measured = (f"{rp.get('received', 0)} messages, {rp.get('delayed', 0)} delayed, {dups} duplicates dropped; "
+                + (f"device clocks on the store clock to within {max(errors_ms):.1f} ms; " if errors_ms else "")
                 + ("receipts identical" if ok else f"{len(receipt_diffs(s.reference, out))} receipts differ, "
                    f"wrong charges vs truth {len(wrong_truth)} (reference {len(ref_truth)})"))
     if not ok and explain:

@@ -130,6 +130,9 @@ class FrameSource(ABC):
     description: str = ""
     cameras: tuple[str, ...] = ()
     fps: float = DEFAULT_FPS
+    # capture clock of live stamps (stream frames; the start of files and folders without times): the
+    # camera process sets it to the store clock's ``now`` (wire.clock) before iterating
+    clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -171,7 +174,7 @@ class VideoFileSource(FrameSource):
         file_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = float(fps) if fps else (file_fps if 0 < file_fps < 1000 else DEFAULT_FPS)
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.start = time.time() if start is None else float(start)
+        self.start = None if start is None else float(start)  # None: the clock's time at the first frame
         self.cameras = (camera,)
         self.max_bad_reads = max_bad_reads
         self.description = f"video {self.path} ({self.fps:g} fps, {self.frame_count or '?'} frames)"
@@ -179,9 +182,10 @@ class VideoFileSource(FrameSource):
     def __iter__(self) -> Iterator[SourceFrame]:
         cam = self.cameras[0]
         index, bad = 0, 0
+        start = self.start = self.clock() if self.start is None else self.start
         try:
             while not self.closed:
-                ts = self.start + index / self.fps
+                ts = start + index / self.fps
                 try:
                     ok, img = self._cap.read()
                 except cv2.error as exc:
@@ -298,7 +302,7 @@ class StreamSource(FrameSource):
                 except Exception as exc:  # noqa: BLE001 - a backend error is a failed read
                     ok, img = False, None
                     log.debug("%s: read raised %r", self.description, exc)
-                now = time.time()
+                now = self.clock()
                 if ok and valid_image(img):
                     lost = 0
                     if last_good is not None and failed:
@@ -393,7 +397,7 @@ class ImageFolderSource(FrameSource):
         if not self.files:
             raise SourceError(self.folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         self.fps = float(fps or DEFAULT_FPS)
-        self.start = time.time() if start is None else float(start)
+        self.start = None if start is None else float(start)  # None: the clock's time at the first frame
         self.times: list[float] | None = None
         sidecar = next((self.folder / s for s in SIDECARS if (self.folder / s).is_file()), None)
         if sidecar is not None:
@@ -408,10 +412,11 @@ class ImageFolderSource(FrameSource):
 
     def __iter__(self) -> Iterator[SourceFrame]:
         cam = self.cameras[0]
+        start = self.start = self.clock() if self.start is None else self.start
         for i, path in enumerate(self.files):
             if self.closed:
                 return
-            ts = self.times[i] if self.times is not None else self.start + i / self.fps
+            ts = self.times[i] if self.times is not None else start + i / self.fps
             try:
                 data = path.read_bytes()
             except OSError as exc:

@@ -115,6 +115,11 @@ class CheckoutConfig(_Cfg):
 class FusionConfig(_Cfg):
     lateness_s: float = Field(0.3, ge=0, title="Watermark lateness",
                               description="Messages are processed in time order once the clock is this far past")
+    instant_s: float = Field(0.01, ge=0, le=0.03, title="Instant",
+                             description="Frames of different cameras captured less than this apart are one "
+                                         "instant: folded in together at the earliest one's time, in camera "
+                                         "order, so edge clocks that agree to a few milliseconds (wire.clock) "
+                                         "give the same result whichever frame's stamp is a little earlier")
     camera_stall_s: float = Field(6.0, gt=0, title="Camera stall",
                                   description="Fusion processes event time only as far as the slowest camera "
                                               "that is less than this many seconds behind the newest one (and "

@@ -151,12 +151,37 @@ class FusionEngine:
         """Process everything due up to event time ``until``."""
         out: list[Effect] = []
         while self._buffer and self._buffer[0][0] <= until:
-            msg = heapq.heappop(self._buffer)[-1]
-            self.processed_until = max(self.processed_until, float(msg.ts))
-            out.extend(self._process(msg))
+            first = heapq.heappop(self._buffer)
+            if isinstance(first[-1], TracksMsg):
+                for entry in self._instant(first):
+                    self.processed_until = max(self.processed_until, float(entry[-1].ts))
+                    self.stats.processed["TracksMsg"] += 1
+                    out.extend(self._tracks(entry[-1], first[0]))
+            else:
+                self.processed_until = max(self.processed_until, float(first[-1].ts))
+                out.extend(self._process(first[-1]))
             out.extend(self._due(self.processed_until))
         out.extend(self._due(until))
         return out
+
+    def _instant(self, first: tuple) -> list[tuple]:
+        """The camera frames of one instant: ``first`` (the earliest buffered frame) and every other camera's
+        frame captured less than ``instant_s`` after it, in camera order.  They are folded in at ``first``'s
+        time, so which of two simultaneous frames is taken first does not hang on a clock's last millisecond
+        (edge clocks agree to a few ms, :mod:`wire.clock`)."""
+        group, held, cams = [first], [], {first[-1].source}
+        limit = first[0] + self.cfg.instant_s
+        while self._buffer and self._buffer[0][0] <= limit:
+            entry = heapq.heappop(self._buffer)
+            if isinstance(entry[-1], TracksMsg) and entry[-1].source not in cams:
+                group.append(entry)
+                cams.add(entry[-1].source)
+            else:
+                held.append(entry)
+        for entry in held:
+            heapq.heappush(self._buffer, entry)
+        group.sort(key=lambda e: (e[2], e[3], e[4]))  # source, seq, arrival
+        return group
 
     def finish(self) -> list[Effect]:
         """End of input (end of a replay): process everything buffered and settle what has ended."""
@@ -171,7 +196,7 @@ class FusionEngine:
     def _process(self, msg: BaseModel) -> list[Effect]:
         self.stats.processed[type(msg).__name__] += 1
         if isinstance(msg, TracksMsg):
-            return self._tracks(msg)
+            return self._tracks(msg, float(msg.ts))
         if isinstance(msg, ShelfEventMsg):
             self._events.append(_Pending(msg.t_end + self.cfg.association.delay_s, msg))
             return []
@@ -182,8 +207,9 @@ class FusionEngine:
             return []
         return []
 
-    def _tracks(self, msg: TracksMsg) -> list[Effect]:
-        self.camera_seen[msg.camera] = msg.ts
+    def _tracks(self, msg: TracksMsg, ts: float) -> list[Effect]:
+        """One camera frame, folded in at ``ts`` (its instant's time, :meth:`_instant`)."""
+        self.camera_seen[msg.camera] = ts
         obs = []
         for t in msg.tracks:
             wrists = []
@@ -194,13 +220,13 @@ class FusionEngine:
             if t.head is not None and t.head.ray is not None and t.head.conf >= self.cfg.floor.min_head_conf:
                 head = (t.head.ray.origin, t.head.ray.dir)
             obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists, head))
-        left = self.floor.update(msg.camera, msg.ts, obs)
-        out = self._bind(msg.ts)
+        left = self.floor.update(msg.camera, ts, obs)
+        out = self._bind(ts)
         for sid in left:
-            out.extend(self._shopper_left(sid, msg.ts))
+            out.extend(self._shopper_left(sid, ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
-            self.floor.prune(msg.ts)
-            self.forget(msg.ts - self.cfg.checkout.forget_after_s)
+            self.floor.prune(ts)
+            self.forget(ts - self.cfg.checkout.forget_after_s)
         return out
 
     def forget(self, before: float) -> list[Visit]:

@@ -74,10 +74,18 @@ def test_camera_killed_goes_offline_by_its_will_and_charges_nobody_wrongly(smoke
 
 
 def test_duplicated_reordered_and_skewed_messages_give_identical_receipts(smoke, tmp_path: Path) -> None:
+    """Device clocks +-200 ms off: each device follows the store clock (fusion's beacons, carried back to the
+    edge broker with the same duplication and delays) and stamps on it."""
     row = scenarios.dup_reorder_skew(suite(smoke, tmp_path))
     assert row.ok, row.measured
     rp = row.figures["republisher"]
     assert rp["sent"] == 2 * rp["received"] and rp["delayed"] > 0
+    assert rp["back_received"] > 0  # beacons went back to the devices
+    clocks = row.figures["store_clock"]
+    assert set(clocks) == set(row.figures["skews"])
+    assert max(abs(skew) for skew in row.figures["skews"].values()) == pytest.approx(0.2)
+    for dev, (error, beacons) in clocks.items():
+        assert beacons > 0 and abs(error) < 0.02, (dev, error, beacons)
 
 
 def test_devices_returning_one_by_one_after_a_broker_restart_change_no_receipt(tmp_path: Path) -> None:

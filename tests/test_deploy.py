@@ -53,17 +53,21 @@ def default_store(store_id: str) -> Store:
     return store_from_dict(data, DEFAULT_STORE, DEFAULT_STORE.parent)
 
 
+CLOCK = ("read", f"{P}/clock/#")
+
+
 @pytest.mark.parametrize(
     ("device", "rules"),
     [
         (Device("camera-a", "camera", ("c1", "c2")),
-         [("write", f"{P}/camera/c1/#"), ("write", f"{P}/camera/c2/#"), ("write", f"{P}/status/camera-a")]),
-        (Device("shelf-u1", "shelf", ("S1",)), [("write", f"{P}/shelf/S1/#"), ("write", f"{P}/status/shelf-u1")]),
+         [("write", f"{P}/camera/c1/#"), ("write", f"{P}/camera/c2/#"), CLOCK, ("write", f"{P}/status/camera-a")]),
+        (Device("shelf-u1", "shelf", ("S1",)),
+         [("write", f"{P}/shelf/S1/#"), CLOCK, ("write", f"{P}/status/shelf-u1")]),
         (Device("G1", "gate", ("G1",)),
-         [("write", f"{P}/gate/G1/#"), ("read", f"{P}/accounts/#"), ("write", f"{P}/status/G1")]),
+         [("write", f"{P}/gate/G1/#"), ("read", f"{P}/accounts/#"), CLOCK, ("write", f"{P}/status/G1")]),
         (Device("fusion", "fusion"),
          [("read", f"{P}/#"), ("write", f"{P}/carts/#"), ("write", f"{P}/receipts/#"), ("write", f"{P}/accounts/#"),
-          ("write", f"{P}/status/fusion")]),
+          ("write", f"{P}/clock/fusion"), ("write", f"{P}/status/fusion")]),
         (Device("ops", "ops"), [("read", f"{P}/#"), ("write", f"{P}/status/ops")]),
         (Device("recorder", "recorder"), [("read", f"{P}/#"), ("write", f"{P}/status/recorder")]),
     ],

@@ -17,6 +17,7 @@ from wire.messages import (
     Candidate,
     CartLine,
     CartSnapshotMsg,
+    ClockMsg,
     GateEntryMsg,
     Keypoint,
     LaneDelta,
@@ -229,6 +230,11 @@ def account_msgs(draw: Any) -> AccountStatusMsg:
     )
 
 
+@st.composite
+def clock_msgs(draw: Any) -> ClockMsg:
+    return ClockMsg(**envelope(draw, draw(ids)), period_s=draw(st.floats(0.01, 3600)))
+
+
 STRATEGIES = {
     Kind.TRACKS: tracks_msgs(),
     Kind.SHELF_EVENTS: shelf_events(),
@@ -238,6 +244,7 @@ STRATEGIES = {
     Kind.CART: cart_msgs(),
     Kind.RECEIPT: receipt_msgs(),
     Kind.ACCOUNT: account_msgs(),
+    Kind.CLOCK: clock_msgs(),
 }
 
 
@@ -405,6 +412,7 @@ def _base(kind: Kind) -> tuple[str, dict[str, Any]]:
             reason="payment failed",
             failure_code="card_declined",
         ),
+        Kind.CLOCK: ClockMsg(source="fusion", seq=1, ts=now),
     }
     msg = msgs[kind]
     return topic(kind, "s1", getattr(msg, TOPICS[kind].key)), json.loads(encode(msg))

@@ -8,8 +8,9 @@ may publish only its own topics::
     shelf gateway   shelf-{unit}     writes shelf/{shelf}/# (each shelf of its units)  and status/{device}
     entry gate      {gate}           writes gate/{gate}/#                              and status/{device};
                                      reads accounts/# (the standings fusion publishes)
-    fusion          fusion           reads everything of the store; writes carts/#, receipts/#, accounts/#
-                                     and status/fusion
+    (each of them)                   reads clock/# (the store clock's beacons, wire.clock)
+    fusion          fusion           reads everything of the store; writes carts/#, receipts/#, accounts/#,
+                                     clock/fusion and status/fusion
     ops, recorder   ops, recorder    read only (and their own status/{device}, like every process)
 
 The default grouping (one camera process per camera, one shelf gateway per shelf unit, the CLI's default device
@@ -152,15 +153,16 @@ def acl_rules(store_id: str, device: Device) -> list[tuple[str, str]]:
     """``(access, topic filter)`` pairs of one device (access: ``read``, ``write``)."""
     p = _topic_prefix(store_id)
     status = ("write", f"{p}/status/{device.id}")
+    clock = ("read", f"{p}/clock/#")  # the store clock's beacons (wire.clock)
     if device.kind == "camera":
-        return [*(("write", f"{p}/camera/{k}/#") for k in device.keys), status]
+        return [*(("write", f"{p}/camera/{k}/#") for k in device.keys), clock, status]
     if device.kind == "shelf":
-        return [*(("write", f"{p}/shelf/{k}/#") for k in device.keys), status]
+        return [*(("write", f"{p}/shelf/{k}/#") for k in device.keys), clock, status]
     if device.kind == "gate":
-        return [*(("write", f"{p}/gate/{k}/#") for k in device.keys), ("read", f"{p}/accounts/#"), status]
+        return [*(("write", f"{p}/gate/{k}/#") for k in device.keys), ("read", f"{p}/accounts/#"), clock, status]
     if device.kind == "fusion":
         return [("read", f"{p}/#"), ("write", f"{p}/carts/#"), ("write", f"{p}/receipts/#"),
-                ("write", f"{p}/accounts/#"), status]
+                ("write", f"{p}/accounts/#"), ("write", f"{p}/clock/{device.id}"), status]
     return [("read", f"{p}/#"), status]  # ops, recorder: read only (and their own status)
 
 

@@ -67,6 +67,7 @@ _KEY_FIELD = {
     Kind.CART: "visit",
     Kind.RECEIPT: "visit",
     Kind.ACCOUNT: "account",
+    Kind.CLOCK: "source",
 }
 
 

@@ -169,6 +169,15 @@ class StatusMsg(Envelope):
                     "fusion waits for it before settling a visit that exited after it")
 
 
+# --------------------------------------------------------------------------------------------- store clock
+class ClockMsg(Envelope):
+    """Fusion's clock beacon: ``ts`` is its wall clock when it sent the beacon.  Every edge device stamps
+    capture times on this clock (:mod:`wire.clock`), so cameras, shelves and gates agree to a few ms."""
+
+    period_s: Annotated[float, Field(gt=0.0, le=3600.0, allow_inf_nan=False)] = Field(
+        1.0, title="Beacon period", description="Seconds between beacons")
+
+
 # --------------------------------------------------------------------------------------------- carts
 LineKind = Literal["pick", "put_back", "misplaced_return", "adjustment"]
 

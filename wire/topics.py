@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from wire.messages import (
     AccountStatusMsg,
     CartSnapshotMsg,
+    ClockMsg,
     GateEntryMsg,
     LoadCellMsg,
     ReceiptMsg,
@@ -36,6 +37,7 @@ class Kind(str, Enum):
     CART = "cart"
     RECEIPT = "receipt"
     ACCOUNT = "account"
+    CLOCK = "clock"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ TOPICS: dict[Kind, TopicSpec] = {
                   "fusion", 1, False, "final receipt of a visit: lines, totals, charge status"),
         TopicSpec(Kind.ACCOUNT, PREFIX + "/{store}/accounts/{account}", "account", AccountStatusMsg,
                   "fusion", 1, True, "account standing: blocked after a failed payment (the gate refuses)"),
+        TopicSpec(Kind.CLOCK, PREFIX + "/{store}/clock/{source}", "source", ClockMsg,
+                  "fusion", 0, False, "the store clock's beacon, every second: edge devices stamp capture "
+                  "times on it (wire.clock)"),
     )
 }
 

@@ -48,7 +48,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +157,10 @@ class Calibrator:
 # ------------------------------------------------------------------------------------------------ readers
 class Reader(ABC):
     """A source of :class:`SampleBlock`.  ``channels`` may grow while reading (new ids get new indexes)."""
+
+    # the clock that stamps live samples (lines without a device time): the gateway process sets it to the
+    # store clock's ``now`` (wire.clock)
+    clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, calibration: CalibrationFile | None = None):
         self.channels: list[str] = []
@@ -520,7 +524,7 @@ class LineReader(Reader):
 
     def feed_text(self, text: str, now: float | None = None) -> SampleBlock:
         """Parse complete lines (for tests and replays of captured streams)."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         out: tuple[list, list, list] = ([], [], [])
         for line in text.splitlines():
             self.parse_line(line, now, out)
@@ -563,7 +567,7 @@ class LineReader(Reader):
                 if not self.reconnect:
                     break
                 continue
-            wall = time.time()
+            wall = self.clock()
             if data:
                 buf += data
                 *lines, buf = buf.split(b"\n")
@@ -580,9 +584,9 @@ class LineReader(Reader):
                 yield self._flush(out, wall)
                 out = ([], [], [])
         if buf.strip():
-            self.parse_line(buf.decode("utf-8", errors="replace"), time.time(), out)
+            self.parse_line(buf.decode("utf-8", errors="replace"), self.clock(), out)
         if out[0]:
-            yield self._flush(out, time.time())
+            yield self._flush(out, self.clock())
         self._close_port()
 
     def _flush(self, out: tuple[list, list, list], wall: float) -> SampleBlock:

@@ -223,7 +223,10 @@ def main(args: argparse.Namespace) -> int:
                       f"tracks {len(msg.tracks)}  {where}", flush=True)
         tick = None
     else:
-        transport.start()
+        from edge.sources import McapSource
+        from wire.clock import start_on_store_clock
+
+        start_on_store_clock(transport, [s for s in sources if not isinstance(s, McapSource)])
 
         def sink(msg) -> None:
             transport.publish(Kind.TRACKS, msg.camera, msg)

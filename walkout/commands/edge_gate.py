@@ -25,6 +25,7 @@ from calibration.config import ConfigError
 from calibration.store import base_dir_of, load_store
 from edge.gate import EntryGate, SourceError, scan_lines
 from walkout import __version__
+from wire.clock import start_on_store_clock
 from wire.entry_codes import UsedCodes, load_secret
 from wire.topics import Kind
 
@@ -145,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         while not stop.wait(args.status_every):
             publish_status()
 
-    transport.start()
+    start_on_store_clock(transport, [gate])  # entries are stamped (and codes checked) on the store clock
     try:
         if not transport.wait_ready(10.0):
             log.warning(

@@ -31,6 +31,7 @@ from edge.shelf.gateway import Layout, ShelfGateway, run
 from edge.shelf.planogram import Planogram
 from edge.shelf.readers import CsvFolderReader, LineReader, McapReader, Reader, load_calibration
 from walkout import __version__
+from wire.clock import start_on_store_clock
 from wire.codec import encode
 from wire.messages import ShelfEventMsg
 from wire.topics import Kind
@@ -183,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
             transport = _transport(args, store_id, device, config_hash)
         except ConfigError as exc:
             return _fail(str(exc))
-        transport.start()
+        start_on_store_clock(transport, [reader] if isinstance(reader, LineReader) else [])
         gateway = ShelfGateway(layout, planogram, device, transport.seq, rate, DetectorConfig(rate_hz=rate))
 
         def sink(msg: ShelfEventMsg) -> None:

@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
     from fusion.payments import LedgerGateway
     from fusion.service import FusionService, ServiceSettings, load_fusion_config
     from walkout.commands.edge_gate import broker_address
+    from wire.clock import ClockBeacon
     from wire.mqtt import MqttTransport, TlsFiles
     from wire.outbox import Outbox
     from wire.topics import Kind
@@ -147,15 +148,18 @@ def main(args: argparse.Namespace) -> int:
         transport.publish(Kind.STATUS, args.device, msg)
 
     service.start()
+    beacon = ClockBeacon(transport)
     ready = False
     waited = 0.0
     while not stop.is_set():
         if not ready and transport.wait_ready(0.2):
             ready = True
             print(f"fusion ready: store {store.store.id}, {db!r}, {transport.description}", flush=True)
-        if stop.wait(0.2 if not ready else 1.0):
+        if ready:
+            beacon.beat()  # the store clock (wire.clock): the edge devices stamp capture times on it
+        if stop.wait(0.2 if not ready else beacon.period_s):
             break
-        waited += 0.2 if not ready else 1.0
+        waited += 0.2 if not ready else beacon.period_s
         if waited >= args.status_every:
             waited = 0.0
             service.tick()
