@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -93,6 +94,10 @@ class _Meas:
     R: np.ndarray  # (2, 2)
     floor: np.ndarray  # (2,) the track's own floor estimate (for spawning and distances)
     init_P: np.ndarray  # (3, 3) covariance of (x, y, h) for a shopper born from this track
+
+
+def _time_of(entry: tuple) -> float:
+    return entry[0]
 
 
 def _perp_basis(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,26 +179,22 @@ class FloorTracker:
         return F, Q
 
     def _predicted(self, ts: float, slots: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (x, y, h) means (n, 3) and their covariances (n, 3, 3) at ``ts`` (not stored)."""
-        means = np.empty((len(slots), 3))
-        covs = np.empty((len(slots), 3, 3))
-        q = self.cfg.process_noise ** 2
-        qh = self.cfg.head_height_noise ** 2
-        for k, slot in enumerate(slots):
-            s = self.info[slot]
-            dt = max(ts - s.t, 0.0)
-            m, P = s.m, s.P
-            means[k] = (m[0] + m[2] * dt, m[1] + m[3] * dt, m[4])
-            # the (x, y, h) block of F P F^T + Q
-            A = np.eye(3, 5)
-            A[0, 2] = A[1, 3] = dt
-            A[2, 2], A[2, 4] = 0.0, 1.0
-            C = A @ P @ A.T
-            C[0, 0] += q * dt ** 3 / 3
-            C[1, 1] += q * dt ** 3 / 3
-            C[2, 2] += qh * dt
-            covs[k] = C
-        return means, covs
+        """Predicted (x, y, h) means (n, 3) and their covariances (n, 3, 3) at ``ts`` (not stored): the
+        (x, y, h) block of F m and F P F^T + Q, for every shopper at once (A selects that block of F)."""
+        info = self.info
+        n = len(slots)
+        m = np.array([info[k].m for k in slots]).reshape(n, 5, 1)
+        P = np.array([info[k].P for k in slots]).reshape(n, 5, 5)
+        dt = np.maximum(ts - np.array([info[k].t for k in slots], float), 0.0)
+        A = np.zeros((n, 3, 5))
+        A[:, 0, 0] = A[:, 1, 1] = A[:, 2, 4] = 1.0
+        A[:, 0, 2] = A[:, 1, 3] = dt
+        covs = A @ P @ A.transpose(0, 2, 1)
+        acc = self.cfg.process_noise ** 2 * dt ** 3 / 3  # white-noise acceleration, per axis
+        covs[:, 0, 0] += acc
+        covs[:, 1, 1] += acc
+        covs[:, 2, 2] += self.cfg.head_height_noise ** 2 * dt
+        return (A @ m)[:, :, 0], covs
 
     def _measure(self, t: TrackObs) -> _Meas:
         cfg = self.cfg
@@ -408,8 +409,8 @@ class FloorTracker:
     def prune(self, now: float) -> None:
         """Drop history older than the configured span (positions and wrists)."""
         horizon = now - self.cfg.history_s
-        for inf in self.info:
+        for inf in self.info:  # both are in time order: cut at the first entry inside the horizon
             if inf.path and inf.path[0][0] < horizon:
-                inf.path = [p for p in inf.path if p[0] >= horizon]
+                del inf.path[:bisect_left(inf.path, horizon, key=_time_of)]
             if inf.wrists and inf.wrists[0][0] < horizon:
-                inf.wrists = [w for w in inf.wrists if w[0] >= horizon]
+                del inf.wrists[:bisect_left(inf.wrists, horizon, key=_time_of)]

@@ -6,6 +6,7 @@ import pickle
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from fusion.config import FusionConfig
@@ -21,7 +22,7 @@ from tests.fusion_scene import (
     tracks_messages,
 )
 from tests.helpers_fusion_scene import crowd_messages
-from wire.messages import StatusMsg
+from wire.messages import StatusMsg, TracksMsg
 
 STORE = scene_store()
 CAMS = scene_cameras()
@@ -319,3 +320,47 @@ def test_forget_keeps_the_shoppers_of_a_visit_not_yet_settled():
     assert sid in {s.id for s in eng.floor.info}
     assert vid in eng.visits.visits and vid in eng.carts
     assert all(eng.visits.visits[v].settled is False for v in eng.visits.visits)
+
+
+@pytest.mark.parametrize("n", [1, 3, 12])
+def test_prediction_of_every_shopper_at_once_is_the_kalman_predict(n: int) -> None:
+    """``_predicted`` (all shoppers in one go) is the (x, y, h) block of F m and F P F^T + Q of each one."""
+    eng, _ = run(two_neighbours("L2", "L3"))
+    floor = eng.floor
+    rng = np.random.default_rng(n)
+    template = floor.info[0]
+    floor.info = []
+    for _ in range(n):
+        a = rng.normal(size=(5, 5))
+        floor.info.append(replace(template, m=rng.normal(size=5), P=a @ a.T, t=10.0 - rng.uniform(0, 0.3)))
+    means, covs = floor._predicted(10.2, list(range(n)))
+    sel = [0, 1, 4]
+    for k, s in enumerate(floor.info):
+        F, Q = floor._F_Q(max(10.2 - s.t, 0.0))
+        np.testing.assert_allclose(means[k], (F @ s.m)[sel], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(covs[k], (F @ s.P @ F.T + Q)[np.ix_(sel, sel)], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lag", [0.0005, 0.004, -0.0005])
+def test_frames_a_few_ms_apart_are_one_instant_whichever_camera_is_late(lag: float) -> None:
+    """The first camera's stamps moved by ``lag`` (a clock a few ms off): its frames are still folded in with
+    the others' at the same instant, in camera order.  Late, the instant keeps the others' time and the floor
+    tracker ends in exactly the state it has with synchronous stamps; early, the instant takes its time, so
+    the state differs by that much prediction and no more."""
+    msgs = two_neighbours("L2", "L3")
+    cam = min(m.camera for m in msgs if isinstance(m, TracksMsg))
+    moved = [m.model_copy(update={"ts": m.ts + lag}) if isinstance(m, TracksMsg) and m.camera == cam else m
+             for m in msgs]
+    ref, ref_eff = run(msgs)
+    eng, eff = run(moved)
+    assert FusionConfig().instant_s > abs(lag)
+    got, want = receipts(eff), receipts(ref_eff)
+    assert {a: (r.decision, r.total) for a, r in got.items()} == {a: (r.decision, r.total) for a, r in want.items()}
+    assert [len(s.path) for s in eng.floor.info] == [len(s.path) for s in ref.floor.info]
+    if lag > 0:  # (when it settled follows the newest stamp seen, the late camera's)
+        assert {a: replace(r, settled_at=0) for a, r in got.items()} == {a: replace(r, settled_at=0)
+                                                                          for a, r in want.items()}
+        assert [s.path for s in eng.floor.info] == [s.path for s in ref.floor.info]
+        np.testing.assert_array_equal(eng.floor.X, ref.floor.X)
+    else:
+        np.testing.assert_allclose(eng.floor.X, ref.floor.X, atol=0.01)
