@@ -11,6 +11,7 @@ import pytest
 
 from fusion.config import FusionConfig
 from fusion.engine import CartChanged, FusionEngine, Unassigned, VisitOpened, VisitSettled
+from fusion.floor import TrackObs
 from tests.fusion_scene import (
     T0,
     ScriptedShopper,
@@ -364,3 +365,27 @@ def test_frames_a_few_ms_apart_are_one_instant_whichever_camera_is_late(lag: flo
         np.testing.assert_array_equal(eng.floor.X, ref.floor.X)
     else:
         np.testing.assert_allclose(eng.floor.X, ref.floor.X, atol=0.01)
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["head-ray", "floor-point"])
+def test_kalman_update_is_the_textbook_one(head: bool) -> None:
+    """``_kalman`` (written for speed: H's columns, a 2 x 2 inverse in closed form) is the textbook predict
+    and update: m' = F m + K (z - H F m), P' = (I - K H)(F P F^T + Q), K = P H^T (H P H^T + R)^-1."""
+    eng, _ = run(two_neighbours("L2", "L3"))
+    floor = eng.floor
+    rng = np.random.default_rng(7)
+    obs = TrackObs(1, (2.0, 3.0), (0.04, 0.01, 0.05), [],
+                   ((1.0, 1.0, 3.0), (0.3, 0.5, -0.8)) if head else None)
+    mm = floor._measure(obs)
+    a = rng.normal(size=(5, 5))
+    s = replace(floor.info[0], m=np.array([1.8, 2.9, 0.4, -0.2, 1.6]), P=a @ a.T / 10 + np.eye(5) * 0.05, t=9.9)
+    F, Q = floor._F_Q(0.1)
+    m, P = F @ s.m, F @ s.P @ F.T + Q
+    H = np.zeros((2, 5))
+    H[:, [0, 1, 4]] = mm.H
+    K = P @ H.T @ np.linalg.inv(H @ P @ H.T + mm.R)
+    want_m, want_P = m + K @ (mm.z - H @ m), (np.eye(5) - K @ H) @ P
+    floor._kalman(s, 10.0, mm)
+    np.testing.assert_allclose(s.m, want_m, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s.P, (want_P + want_P.T) / 2, rtol=1e-9, atol=1e-12)
+    assert s.t == 10.0
