@@ -21,9 +21,10 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydantic import BaseModel
 
-from calibration.store import Store
+from calibration.store import Shelf, Store
 from fusion.association import Association, associate
 from fusion.carts import Cart, Line, choose_put_back
 from fusion.config import FusionConfig
@@ -115,9 +116,14 @@ class FusionEngine:
         # shelf device -> (newest low watermark it sent, ts of that status): every shelf event starting before
         # the watermark was published.  Devices that never sent one (older gateways) are not in it
         self.shelf_marks: dict[str, tuple[float, float]] = {}
+        # ... and each of its shelves' own watermark, from gateways that send them: a visit waits only for the
+        # shelves its shoppers came near (activity on a shelf across the store cannot be theirs)
+        self.shelf_marks_by_shelf: dict[str, dict[str, float]] = {}
         self.stats = EngineStats()
         self.forgotten: list[Visit] | None = None  # a list: :meth:`forget` keeps what it drops there (replays)
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
+        # shelf -> floor rectangle (lo, hi) around its lanes' footprints
+        self.shelf_extent = {sid: _extent(sh) for sid, sh in store.shelves.items()}
 
     # ------------------------------------------------------------------------------------------ input
     def offer(self, msg: BaseModel) -> list[Effect]:
@@ -273,6 +279,10 @@ class FusionEngine:
             mark = self.shelf_marks.get(msg.device)
             if mark is None or (msg.watermark, msg.ts) > mark:  # the newest; a late older status changes nothing
                 self.shelf_marks[msg.device] = (msg.watermark, msg.ts)
+                if msg.shelf_watermarks:
+                    self.shelf_marks_by_shelf[msg.device] = dict(msg.shelf_watermarks)
+                else:
+                    self.shelf_marks_by_shelf.pop(msg.device, None)
         spans = self.offline.setdefault(msg.device, [])
         at = max(self.processed_until, msg.ts) if msg.state != "online" else msg.ts
         if msg.state in ("offline", "stopped"):
@@ -328,7 +338,7 @@ class FusionEngine:
                 continue
             # shelf gateways whose watermark has not passed the exit may still hold events of the visit's last
             # moments (a stalled link, its outbox waiting): wait for the online ones, up to wait_max
-            behind = sorted(dev for dev, (mark, _) in self.shelf_marks.items() if mark < exited)
+            behind = self._gateways_behind(v, exited)
             waiting = [dev for dev in behind if not self._offline_now(dev)]
             if waiting and now != float("inf") and now < due + wait_max:
                 continue
@@ -338,6 +348,31 @@ class FusionEngine:
                             ", ".join(f"{self.shelf_marks[d][1]:.3f}" for d in waiting))
             del self._settle[vid]
             out.append(self._settle_visit(v, due if now == float("inf") else max(due, self.clock), behind))
+        return out
+
+    def _gateways_behind(self, v: Visit, exited: float) -> list[str]:
+        """Shelf gateways that may still hold events of visit ``v``: their watermark has not passed its exit
+        -- on a shelf the visit's shoppers came near, for gateways that send per-shelf watermarks."""
+        late = sorted(dev for dev, (mark, _) in self.shelf_marks.items() if mark < exited)
+        if not late or not any(dev in self.shelf_marks_by_shelf for dev in late):
+            return late
+        near = self._shelves_near(v)
+        return [dev for dev in late if dev not in self.shelf_marks_by_shelf
+                or any(t < exited for sid, t in self.shelf_marks_by_shelf[dev].items() if sid in near)]
+
+    def _shelves_near(self, v: Visit) -> set[str]:
+        """Shelves within a reach (and a margin) of where the visit's shoppers were, over the positions still
+        kept (``floor.history_s`` before each one's last)."""
+        pts = [(x, y) for sid in v.shoppers for _, x, y in self.floor.shopper(sid).path]
+        if not pts:
+            return set(self.shelf_extent)  # nothing to go by: every shelf
+        xy = np.asarray(pts)
+        reach = self.cfg.association.reach_m + 0.5
+        out = set()
+        for sid, (lo, hi) in self.shelf_extent.items():
+            gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
+            if float(np.min(gap[:, 0] ** 2 + gap[:, 1] ** 2)) <= reach * reach:
+                out.add(sid)
         return out
 
     # ------------------------------------------------------------------------------------------ shelf events
@@ -437,7 +472,7 @@ class FusionEngine:
 
     # ------------------------------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
-        skip = ("store", "cfg", "lane_boxes", "forgotten")  # config, derived, and a replay's record
+        skip = ("store", "cfg", "lane_boxes", "shelf_extent", "forgotten")  # config, derived, a replay's record
         state = {k: val for k, val in self.__dict__.items() if k not in skip}
         return pickle.dumps(state, protocol=5)
 
@@ -448,3 +483,9 @@ class FusionEngine:
         eng.__dict__.update(state)
         eng.floor.cfg = eng.cfg.floor
         return eng
+
+
+def _extent(shelf: Shelf) -> tuple[np.ndarray, np.ndarray]:
+    """The floor rectangle (lo, hi) around a shelf's lanes (their boxes turned by their yaw)."""
+    xy = np.vstack([ln.box.corners()[:, :2] for ln in shelf.lanes])
+    return xy.min(axis=0), xy.max(axis=0)

@@ -389,3 +389,33 @@ def test_kalman_update_is_the_textbook_one(head: bool) -> None:
     np.testing.assert_allclose(s.m, want_m, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(s.P, (want_P + want_P.T) / 2, rtol=1e-9, atol=1e-12)
     assert s.t == 10.0
+
+
+FAR_SHELF = (np.array([4.5, 4.3]), np.array([6.0, 4.8]))  # across the store from Gil's path
+NEAR_SHELF = (np.array([0.9, 1.9]), np.array([2.0, 2.3]))  # just in front of where Gil stands
+
+
+@pytest.mark.parametrize("per_shelf, other, settled", [
+    # another shelf's activity (14-30 s) holds the gateway's watermark over Gil's exit (16.4 s)
+    (True, FAR_SHELF, (16.5, 17.5)),  # per-shelf marks: that shelf is nowhere near Gil, no wait
+    (False, FAR_SHELF, (29.5, 30.6)),  # the gateway's one watermark: Gil waits for it
+    (True, NEAR_SHELF, (29.5, 30.6)),  # a shelf Gil came near: waited for
+], ids=["far-per-shelf", "far-one-watermark", "near-per-shelf"])
+def test_a_visit_waits_only_for_shelves_its_shoppers_came_near(per_shelf, other, settled):
+    tracks, events = late_picker()
+
+    def beat(k: int) -> StatusMsg:
+        t = T0 + k * 0.25
+        marks = {"S1": min([t] + [e.t_start for e in events if e.t_start < t < e.ts]),
+                 "S9": T0 + 14.0 if T0 + 14.0 <= t < T0 + 30.0 else t}
+        return StatusMsg(source=SHELF_DEV, seq=100 + k, ts=t, device=SHELF_DEV, kind="shelf", state="online",
+                         watermark=min(marks.values()), shelf_watermarks=marks if per_shelf else {})
+
+    eng = FusionEngine(STORE)
+    eng.shelf_extent["S9"] = other
+    eng, effects = run(tracks + events + [beat(k) for k in range(160)], eng)
+    r = receipts(effects)["acct-gil"]
+    assert r.decision == "charge" and r.lines[0]["qty"] == 2
+    assert 16.0 < r.exited_at - T0 < 16.5
+    assert settled[0] <= r.settled_at - T0 <= settled[1]
+    assert ("S9" in eng._shelves_near(eng.visits.visits[r.visit])) == (other is NEAR_SHELF)

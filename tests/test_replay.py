@@ -205,9 +205,17 @@ def test_shelf_feeds_carry_a_watermark_no_later_event_starts_before(feed: str) -
     seqs = [m.seq for _, m in items]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     mark = 0.0
+    per_shelf: dict[str, float] = {}
     for _, m in items:
         if isinstance(m, StatusMsg):
             mark = max(mark, m.watermark)
+            for sid, t in m.shelf_watermarks.items():
+                per_shelf[sid] = max(per_shelf.get(sid, 0.0), t)
         else:
             assert m.t_start >= mark, m.event_id
+            assert m.t_start >= per_shelf.get(m.shelf, 0.0), m.event_id
     assert any(b.watermark < b.ts - 0.5 for b in beats)  # held back while a shelf was moving
+    if feed == "gateway":  # the real gateway also says which shelf: one shelf's activity holds back only its own
+        assert all(b.shelf_watermarks and b.watermark == min(b.shelf_watermarks.values()) for b in beats)
+        assert set(beats[0].shelf_watermarks) == set(s.store.shelves)
+        assert any(max(b.shelf_watermarks.values()) == b.ts > b.watermark for b in beats)

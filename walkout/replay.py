@@ -247,9 +247,11 @@ def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.
     last = -float("inf")
     beat_at: float | None = None  # the next heartbeat's capture time (a multiple of heartbeat_s)
 
-    def beat(t: float, mark: float) -> tuple[float, StatusMsg]:
+    def beat(t: float, marks: dict[str, float], later: list[ShelfEventMsg] = ()) -> tuple[float, StatusMsg]:
+        """A heartbeat at ``t``: each shelf's watermark now, or earlier, the start of its event emitted after t."""
+        per = {sid: min([t, m] + [e.t_start for e in later if e.shelf == sid]) for sid, m in marks.items()}
         return t, StatusMsg(source=device, seq=next(seqs), ts=t, device=device, kind="shelf", state="online",
-                            watermark=mark)
+                            watermark=min(per.values(), default=t), shelf_watermarks=per)
 
     def out(msgs: list[ShelfEventMsg]) -> Iterator[tuple[float, BaseModel]]:
         """A block's events at their emit times and the heartbeats due up to the newest frame processed, in
@@ -259,16 +261,16 @@ def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.
         for msg in msgs:
             last = max(last, gw.emit_times.get(msg.event_id, float(msg.t_end)))
             timed.append((last, msg))
-        until, mark = gw.processed_until, gw.watermark()
+        until, marks = gw.processed_until, gw.watermarks()
         i = 0
-        if heartbeat_s > 0 and until is not None and mark is not None:
+        if heartbeat_s > 0 and until is not None and marks is not None:
             if beat_at is None:
                 beat_at = math.ceil(until / heartbeat_s) * heartbeat_s
             while beat_at <= until:
                 while i < len(timed) and timed[i][0] <= beat_at:
                     yield timed[i][0], timed[i][1].model_copy(update={"seq": next(seqs)})
                     i += 1
-                yield beat(beat_at, min([beat_at, mark] + [m.t_start for _, m in timed[i:]]))
+                yield beat(beat_at, marks, [m for _, m in timed[i:]])
                 beat_at += heartbeat_s
         for t, msg in timed[i:]:
             yield t, msg.model_copy(update={"seq": next(seqs)})
@@ -277,9 +279,9 @@ def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.
         for block in reader.blocks():
             yield from out(gw.feed(block, reader.channels))
         yield from out(gw.finish())
-        end, mark = gw.processed_until, gw.watermark()
-        if heartbeat_s > 0 and end is not None and mark is not None:  # everything is out: the last word
-            yield beat(max(last, end), mark)
+        end, marks = gw.processed_until, gw.watermarks()
+        if heartbeat_s > 0 and end is not None and marks is not None:  # everything is out: the last word
+            yield beat(max(last, end), {sid: m for sid, m in marks.items()})
     finally:
         reader.close()
     log.info("shelf gateway: %s", gw.counters(reader))

@@ -167,6 +167,10 @@ class StatusMsg(Envelope):
         None, title="Event-time low watermark (shelf gateways)",
         description="Capture time before which every shelf event (by t_start) has been published; "
                     "fusion waits for it before settling a visit that exited after it")
+    shelf_watermarks: dict[Ident, Timestamp] = Field(
+        default_factory=dict, max_length=256, title="Per-shelf low watermarks (shelf gateways)",
+        description="Each of the gateway's shelves' own watermark (``watermark`` is their minimum): fusion waits "
+                    "only for the shelves a leaving shopper came near")
 
 
 # --------------------------------------------------------------------------------------------- store clock

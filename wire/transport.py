@@ -150,14 +150,15 @@ def prepare(kind: Kind, store: str, key: str, msg: BaseModel) -> Outbound:
 
 def status_message(device: str, kind: str, state: str, seq: int, version: str = "", config_hash: str = "",
                    counters: dict[str, int] | None = None, watermark: float | None = None,
-                   ts: float | None = None) -> StatusMsg:
+                   ts: float | None = None, shelf_watermarks: dict[str, float] | None = None) -> StatusMsg:
     """The status a transport publishes (``online``, ``stopped``) or leaves as last will (``offline``).
 
-    ``watermark``: a shelf gateway's event-time low watermark (see :class:`wire.messages.StatusMsg`); ``ts``:
-    the capture time to stamp (default: the wall clock now)."""
+    ``watermark``, ``shelf_watermarks``: a shelf gateway's event-time low watermark, overall and per shelf (see
+    :class:`wire.messages.StatusMsg`); ``ts``: the capture time to stamp (default: the wall clock now)."""
     return StatusMsg(source=device, seq=seq, ts=time.time() if ts is None else ts, device=device, kind=kind,
                      state=state, version=version, config_hash=config_hash,
-                     counters={k: min(v, 10**6) for k, v in (counters or {}).items()}, watermark=watermark)
+                     counters={k: min(v, 10**6) for k, v in (counters or {}).items()}, watermark=watermark,
+                     shelf_watermarks=shelf_watermarks or {})
 
 
 class RateLimitedLog:

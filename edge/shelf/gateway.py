@@ -189,15 +189,25 @@ class ShelfGateway:
         by :meth:`feed`/:meth:`finish`.  The capture time of the newest frame processed, or earlier: the start
         of any shelf activity not yet emitted (a shelf still moving, a residue held until it is explained or
         given up).  None before the first frame."""
+        marks = self.watermarks()
+        if marks is None:
+            return None
+        return min(marks.values(), default=self.processed_until)
+
+    def watermarks(self) -> dict[str, float] | None:
+        """Each shelf's own low watermark (see :meth:`watermark`, their minimum).  None before the first
+        frame."""
         if self.processed_until is None:
             return None
-        t = self.processed_until
+        out = {}
         for s in self.detector.shelves:
+            t = self.processed_until
             if s.state == ACTIVE:
                 t = min(t, s.t_start)
             if s.residue_since is not None:
                 t = min(t, s.residue_since)
-        return t
+            out[s.id] = t
+        return out
 
     # ------------------------------------------------------------------------------------- messages
     def _messages(self, changes: list[ShelfChange]) -> list[ShelfEventMsg]:

@@ -223,7 +223,8 @@ def publish_status(transport, device: str, config_hash: str, gateway: ShelfGatew
     from wire.transport import status_message
 
     msg = status_message(device, "shelf", state, transport.seq(), __version__, config_hash,
-                         gateway.counters(reader), watermark=gateway.watermark())
+                         gateway.counters(reader), watermark=gateway.watermark(),
+                         shelf_watermarks=gateway.watermarks())
     transport.publish(Kind.STATUS, device, msg)
 
 
@@ -237,5 +238,5 @@ def publish_watermark(transport, device: str, config_hash: str, gateway: ShelfGa
     if wm is None:
         return
     msg = status_message(device, "shelf", "online", transport.seq(), __version__, config_hash, watermark=wm,
-                         ts=gateway.processed_until)
+                         ts=gateway.processed_until, shelf_watermarks=gateway.watermarks())
     transport.publish(Kind.STATUS, device, msg)
