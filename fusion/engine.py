@@ -200,9 +200,8 @@ class FusionEngine:
 
     # ------------------------------------------------------------------------------------------ dispatch
     def _process(self, msg: BaseModel) -> list[Effect]:
+        """Any message but a camera frame (those go by instants, :meth:`_instant`)."""
         self.stats.processed[type(msg).__name__] += 1
-        if isinstance(msg, TracksMsg):
-            return self._tracks(msg, float(msg.ts))
         if isinstance(msg, ShelfEventMsg):
             self._events.append(_Pending(msg.t_end + self.cfg.association.delay_s, msg))
             return []

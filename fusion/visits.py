@@ -2,7 +2,11 @@
 
 A scan with party size N binds the N shoppers nearest the gate at the scan that are not yet bound (counting
 those that appeared up to ``bind_before_s`` before the scan), and, if fewer are there, the next ones who
-appear at that gate within ``bind_after_s``.  A visit ends when all of its shoppers have left through an exit.
+appear at that gate within ``bind_after_s``.  One who appears more than ``prompt_s`` after the scan of a
+party still short of shoppers is a latecomer to it or the early arrival of the next scan (people reach the
+gate up to ``bind_before_s`` before they scan): it is bound to the party only once ``bind_before_s`` has
+passed since it appeared without a scan claiming it, so a party that lost sight of a member does not take the
+next shopper through the gate (and every visit after it the one after theirs).  A visit ends when all of its shoppers have left through an exit.
 Visit ids derive from the scan itself (gate, capture time), so a replay or a restart gives the same ids.
 """
 
@@ -35,10 +39,13 @@ class Visit:
 
 
 class Visits:
-    def __init__(self, store: Store, bind_before_s: float = 6.0, bind_after_s: float = 30.0):
+    prompt_s = 3.0  # (a class default too: snapshots from before it restore with it)
+
+    def __init__(self, store: Store, bind_before_s: float = 6.0, bind_after_s: float = 30.0, prompt_s: float = 3.0):
         self.gates = {g.id: g.region for g in store.gates}
         self.bind_before_s = bind_before_s
         self.bind_after_s = bind_after_s
+        self.prompt_s = prompt_s
         self.visits: dict[str, Visit] = {}
         self.by_shopper: dict[str, str] = {}
         self.unfilled: dict[str, Visit] = {}  # open visits with slots not yet bound to shoppers
@@ -85,7 +92,8 @@ class Visits:
         for v in self.pending(now):
             region = self.gates.get(v.gate)
             centre = (np.asarray(region.min) + np.asarray(region.max)) / 2 if region else np.zeros(2)
-            eligible = [c for c in free if c[1] >= v.entered_at - self.bind_before_s]
+            eligible = [c for c in free if c[1] >= v.entered_at - self.bind_before_s
+                        and (c[1] <= v.entered_at + self.prompt_s or now >= c[1] + self.bind_before_s)]
             eligible.sort(key=lambda c: (float(np.hypot(*(c[2] - centre))), c[1], c[0]))
             for sid, _, _ in eligible[: v.open_slots]:
                 v.shoppers.append(sid)
