@@ -57,7 +57,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,7 @@ def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.
     last = -float("inf")
     beat_at: float | None = None  # the next heartbeat's capture time (a multiple of heartbeat_s)
 
-    def beat(t: float, marks: dict[str, float], later: list[ShelfEventMsg] = ()) -> tuple[float, StatusMsg]:
+    def beat(t: float, marks: dict[str, float], later: Sequence[ShelfEventMsg] = ()) -> tuple[float, StatusMsg]:
         """A heartbeat at ``t``: each shelf's watermark now, or earlier, the start of its event emitted after t."""
         per = {sid: min([t, m] + [e.t_start for e in later if e.shelf == sid]) for sid, m in marks.items()}
         return t, StatusMsg(source=device, seq=next(seqs), ts=t, device=device, kind="shelf", state="online",
@@ -281,7 +281,7 @@ def gateway_feed(session, device: str = "shelf-gateway", heartbeat_s: float = 0.
         yield from out(gw.finish())
         end, marks = gw.processed_until, gw.watermarks()
         if heartbeat_s > 0 and end is not None and marks is not None:  # everything is out: the last word
-            yield beat(max(last, end), {sid: m for sid, m in marks.items()})
+            yield beat(max(last, end), marks)
     finally:
         reader.close()
     log.info("shelf gateway: %s", gw.counters(reader))
