@@ -1,14 +1,15 @@
-"""A device process for the fault suite: plays one device's (or a few devices') messages of a session through its own
-:class:`wire.mqtt.MqttTransport` (its credentials, its outbox, its last will), paced by the session clock.
+"""A device process for the fault suite: plays one device's (or a few devices') messages of a session through
+its own :class:`wire.mqtt.MqttTransport` (its credentials, its outbox, its last will), paced by the session clock.
 
-``python -m chaos.device PLANS.pickle`` (the runner writes a list of :class:`DevicePlan`, one per device).  Protocol on the
-standard streams: prints ``ready`` once connected; reads ``go W0 T0 SPEED SHIFT`` (session time ``T0`` happens at wall
-time ``W0``, ``SPEED`` times real time; capture times move by ``SHIFT`` seconds); publishes each message at ``W0 + (t - T0) / SPEED``; prints
-``done N {DEVICE: [CLOCK_ERROR_S, BEACONS]}`` once every message was acknowledged by the broker (meanwhile each device publishes an ``online`` status
-every ``status_every`` seconds, as the edge processes do); then keeps its connection (a live device) until
-``stop`` or end of input, when it stops cleanly.  SIGKILL it to kill the device: the broker publishes its last
-will.  A device's own clock runs ``skew`` off; like the edge processes it follows the store clock
-(:mod:`wire.clock`: fusion's beacons, waited for before ``ready``) and stamps capture times on it.
+``python -m chaos.device PLANS.pickle`` (the runner writes a list of :class:`DevicePlan`, one per device).
+Protocol on the standard streams: prints ``ready`` once connected; reads ``go W0 T0 SPEED SHIFT`` (session time
+``T0`` happens at wall time ``W0``, ``SPEED`` times real time; capture times move by ``SHIFT`` seconds);
+publishes each message at ``W0 + (t - T0) / SPEED``; prints ``done N {DEVICE: [CLOCK_ERROR_S, BEACONS]}`` once
+every message was acknowledged by the broker (meanwhile each device publishes an ``online`` status every
+``status_every`` seconds, as the edge processes do); then keeps its connection (a live device) until ``stop`` or
+end of input, when it stops cleanly.  SIGKILL it to kill the device: the broker publishes its last will.  A
+device's own clock runs ``skew`` off; like the edge processes it follows the store clock (:mod:`wire.clock`:
+fusion's beacons, waited for before ``ready``) and stamps capture times on it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ appear at that gate within ``bind_after_s``.  One who appears more than ``prompt
 party still short of shoppers is a latecomer to it or the early arrival of the next scan (people reach the
 gate up to ``bind_before_s`` before they scan): it is bound to the party only once ``bind_before_s`` has
 passed since it appeared without a scan claiming it, so a party that lost sight of a member does not take the
-next shopper through the gate (and every visit after it the one after theirs).  A visit ends when all of its shoppers have left through an exit.
+next shopper through the gate (and every visit after it the one after theirs).  A visit ends when all of its
+shoppers have left through an exit.
 Visit ids derive from the scan itself (gate, capture time), so a replay or a restart gives the same ids.
 """
 
