@@ -188,7 +188,7 @@ def post_detector(batches: list[list[SourceFrame]], cameras: list[str], truth: d
     walls, stages = walls[1:], stages[1:]
     return {"post_ms": 1000 * statistics.median(walls) / n,
             "stages_ms": {k: 1000 * statistics.median(st[k] for st in stages) / n
-                          for k in ("track", "project", "build")},
+                          for k in ("track", "project", "colour", "build")},
             "tracks_per_frame": tracks / n}
 
 
@@ -291,21 +291,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['machine']}; onnxruntime {ort.__version__}; cameras {','.join(cameras)} batched; "
           f"JPEG decode {decode_ms:.2f} ms apart)")
     print(f"{'model':<24} {'thr':>3} {'frames':>6} {'bare':>8} {'pipeline':>9} {'ratio':>6} {'range':>13} "
-          f"{'cpu':>6} {'detect':>7} {'track':>6} {'proj':>6} {'build':>6} {'dets/f':>6}")
+          f"{'cpu':>6} {'detect':>7} {'track':>6} {'proj':>6} {'colour':>6} {'build':>6} {'dets/f':>6}")
     for r in rows:
         s = r["stages_ms"]
         print(f"{r['model']:<24} {r['threads']:>3} {r['frames']:>6} {r['bare_ms']:>8.2f} "
               f"{r['pipeline_ms']:>9.2f} "
               f"{r['ratio']:>6.3f} {r['ratio_min']:>6.3f}-{r['ratio_max']:<6.3f} {r['cpu_ratio']:>6.3f} "
               f"{s['detect']:>7.2f} "
-              f"{s['track']:>6.3f} {s['project']:>6.3f} {s['build']:>6.3f} {r['detections_per_frame']:>6.2f}")
+              f"{s['track']:>6.3f} {s['project']:>6.3f} {s['colour']:>6.3f} {s['build']:>6.3f} "
+              f"{r['detections_per_frame']:>6.2f}")
     print(f"goal: ratio <= {GOAL_RATIO} (ratio: wall time, median of per-run ratios, with its range; "
           "cpu: the same in process CPU time, steadier on a busy machine)")
     if post:
         s = post["stages_ms"]
         print(f"\nAfter the detector, fed the true people ({post['tracks_per_frame']:.2f} tracks per frame): "
               f"{post['post_ms']:.3f} ms per frame (track {s['track']:.3f}, projection {s['project']:.3f}, "
-              f"messages {s['build']:.3f}, plus encoding)")
+              f"colour {s['colour']:.3f}, messages {s['build']:.3f}, plus encoding)")
     if mem:
         print(f"\nPeak RSS of `walkout edge camera` ({mem['model']}, {mem['frames']} frames, {mem['mode']}): "
               f"{mem['peak_rss_mb']:.0f} MB (goal <= {GOAL_RSS_MB:.0f} MB)")

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from calibration.camera import Camera, load_cameras
 from calibration.store import Store
+from edge.appearance import torso_colours
 from edge.detector import Detections
 from edge.projection import ProjectionConfig, floor_positions
 from edge.sources import RateLimitedWarning, SourceFrame
@@ -163,11 +164,12 @@ class PipelineCounters:
 @dataclass
 class StageTimes:
     """Seconds spent per stage (summed): ``detect`` (letterbox, forward, decode), ``track``, ``project``
-    (rays and floor positions), ``build`` (message models)."""
+    (rays and floor positions), ``colour`` (upper-body colours), ``build`` (message models)."""
 
     detect: float = 0.0
     track: float = 0.0
     project: float = 0.0
+    colour: float = 0.0
     build: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -287,7 +289,7 @@ class CameraPipeline:
         tracks = st.tracker.update(to_tracker_detections(det, self.min_box_px))
         t1 = time.perf_counter()
         self.times.track += t1 - t0
-        built = self._tracks(cam, tracks, w, h)
+        built = self._tracks(cam, tracks, w, h, f.image)
         dropped, st.dropped = st.dropped, 0
         t2 = time.perf_counter()
         try:
@@ -311,8 +313,9 @@ class CameraPipeline:
             cam = st.sized[(w, h)] = FastRayCamera.of(camera_for_size(st.camera, w, h))
         return cam
 
-    def _tracks(self, cam: Camera, tracks: Tracks, w: int, h: int) -> list[Track]:
-        """Wire tracks for a frame's tracker output."""
+    def _tracks(self, cam: Camera, tracks: Tracks, w: int, h: int, image: np.ndarray | None = None
+                ) -> list[Track]:
+        """Wire tracks for a frame's tracker output (with each track's upper-body colour from ``image``)."""
         m = len(tracks)
         if m == 0:
             return []
@@ -339,6 +342,12 @@ class CameraPipeline:
                                                                        dirs[i].tolist())
         t1 = time.perf_counter()
         self.times.project += t1 - t0
+        heads_px = None
+        if head is not None:
+            heads_px = np.where((head[:, 2] >= self.min_keypoint_conf)[:, None], head[:, :2], np.nan)
+        colours = torso_colours(image, boxes, heads_px).round(1).tolist() if image is not None else [[np.nan]] * m
+        t2 = time.perf_counter()
+        self.times.colour += t2 - t1
         out: list[Track] = []
         ids = tracks.ids.tolist()
         scores = np.clip(np.asarray(tracks.scores, float), 0.0, 1.0).tolist()
@@ -350,13 +359,14 @@ class CameraPipeline:
             try:
                 kp_models = {name: Keypoint(px=r[j][0], conf=r[j][1], ray=Ray(origin=r[j][2], dir=r[j][3]))
                              for name, r in kp_rows.items() if r[j] is not None}
+                colour = colours[j] if colours[j][0] == colours[j][0] else None  # NaN: not measured
                 out.append(Track(id=int(ids[j]), box=box_l[j], conf=scores[j], floor=floor_l[j],
-                                 floor_cov=cov_l[j], **kp_models))
+                                 floor_cov=cov_l[j], colour=colour, **kp_models))
             except ValidationError as exc:
                 self.counters.invalid += 1
                 self._warn.warning("invalid", "camera %s track %d not valid, left out: %s", cam.id, ids[j],
                                    exc)
-        self.times.build += time.perf_counter() - t1
+        self.times.build += time.perf_counter() - t2
         return out
 
 

@@ -53,6 +53,18 @@ class FloorConfig(_Cfg):
                                  description="A shopper lost within this distance of an exit has left")
     max_speed_mps: float = Field(2.5, gt=0, title="Maximum speed", description="Clamp on the filtered velocity")
     history_s: float = Field(40.0, gt=0, title="History", description="Seconds of positions and wrists kept")
+    colour_sd: tuple[float, float, float] = Field(
+        (8.1, 3.3, 4.6), title="Colour spread",
+        description="Spread of one shopper's upper-body colour (L*, a*, b*) over cameras and time "
+                    "(python -m bench.appearance on rendered sessions)")
+    colour_cap: float = Field(9.0, ge=0, title="Colour cost limit",
+                              description="Most a colour mismatch adds to a track's cost (squared sd; 0: colour "
+                                          "not used); the cap keeps an odd measurement from outweighing position")
+    colour_min_obs: int = Field(5, ge=1, title="Colour observations",
+                                description="Colours seen before a shopper's colour counts in matching")
+    colour_memory: int = Field(300, ge=1, title="Colour memory",
+                                description="A shopper's colour is the running mean of about this many recent "
+                                            "observations (those within the limit)")
 
 
 class AssociationConfig(_Cfg):

@@ -224,7 +224,7 @@ class FusionEngine:
             head = None
             if t.head is not None and t.head.ray is not None and t.head.conf >= self.cfg.floor.min_head_conf:
                 head = (t.head.ray.origin, t.head.ray.dir)
-            obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists, head))
+            obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists, head, t.colour))
         left = self.floor.update(msg.camera, ts, obs)
         out = self._bind(ts)
         for sid in left:

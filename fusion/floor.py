@@ -49,6 +49,7 @@ class TrackObs:
     wrists: list[tuple[int, Sequence[float], Sequence[float], float]] = field(default_factory=list)
     # (0 = left / 1 = right, ray origin (3,), ray dir (3,), confidence); arrays or tuples of floats
     head: tuple[Sequence[float], Sequence[float]] | None = None  # head ray (origin, unit dir), if seen
+    colour: Sequence[float] | None = None  # upper-body colour, CIE L*a*b*, if measured
 
 
 @dataclass(eq=False)
@@ -71,6 +72,8 @@ class ShopperInfo:
     seen: float = 0.0
     m: np.ndarray = field(default_factory=lambda: np.zeros(5))
     P: np.ndarray = field(default_factory=lambda: np.eye(5))
+    colour: np.ndarray | None = None  # running mean of the upper-body colours measured (L*a*b*)
+    colour_n: int = 0  # how many went into it
 
     @property
     def x(self) -> float:
@@ -94,10 +97,15 @@ class _Meas:
     R: np.ndarray  # (2, 2)
     floor: np.ndarray  # (2,) the track's own floor estimate (for spawning and distances)
     init_P: np.ndarray  # (3, 3) covariance of (x, y, h) for a shopper born from this track
+    colour: np.ndarray | None = None  # (3,) upper-body colour, if measured
 
 
 def _time_of(entry: tuple) -> float:
     return entry[0]
+
+
+def _colour(t: TrackObs) -> np.ndarray | None:
+    return None if t.colour is None else np.asarray(t.colour, float)
 
 
 def _perp_basis(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,14 +226,14 @@ class FloorTracker:
                 R = np.array([[sd * sd, 0.0], [0.0, sd * sd]])
                 g = d / d[2]  # how the point moves along the ray per metre of height
                 init = cfg.head_height_sd_m ** 2 * np.outer(g, g) + sd * sd * (H.T @ H)  # H^T H = uu^T + vv^T
-                return _Meas(H, z, R, p[:2], init)
+                return _Meas(H, z, R, p[:2], init, _colour(t))
         mvar = cfg.min_meas_sd ** 2
         R = np.array([[t.cov[0] + mvar, t.cov[1]], [t.cov[1], t.cov[2] + mvar]])
         H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         init = np.zeros((3, 3))
         init[:2, :2] = R
         init[2, 2] = cfg.head_height_sd_m ** 2
-        return _Meas(H, np.asarray(t.floor, float), R, np.asarray(t.floor, float), init)
+        return _Meas(H, np.asarray(t.floor, float), R, np.asarray(t.floor, float), init, _colour(t))
 
     @staticmethod
     def _mahalanobis(meas: list[_Meas], means: np.ndarray, covs: np.ndarray) -> np.ndarray:
@@ -285,6 +293,7 @@ class FloorTracker:
         live = list(self._live)
         assigned: dict[int, int] = {}
         d2 = np.zeros((len(tracks), 0))
+        colour = None
         if live:
             means, covs = self._predicted(ts, live)
             d2 = self._mahalanobis(meas, means, covs)
@@ -296,6 +305,9 @@ class FloorTracker:
                 j = col.get(links.get(t.track_id, -1))
                 if j is not None and d2[r, j] < cfg.link_gate_chi2:
                     cost[r, j] = d2[r, j] * cfg.link_bonus
+            colour = self._colour_cost(meas, live)
+            if colour is not None:
+                cost = np.where(cost < _BIG, cost + colour, _BIG)
             if cost.min() < _BIG:
                 rows, cols = linear_sum_assignment(cost)
                 assigned = {int(r): live[int(c)] for r, c in zip(rows, cols, strict=True) if cost[r, c] < _BIG}
@@ -304,7 +316,8 @@ class FloorTracker:
         for r in range(len(tracks)):
             if r in assigned:
                 continue
-            slot = self._claim(ts, meas[r], d2[r] if live else None, live, taken)
+            slot = self._claim(ts, meas[r], d2[r] if live else None, live, taken,
+                               None if colour is None else colour[r])
             if slot is None:
                 fx, fy = meas[r].floor
                 if self._exit_distance(fx, fy) <= cfg.exit_margin_m:
@@ -324,6 +337,8 @@ class FloorTracker:
             x, y = float(s.m[0]), float(s.m[1])
             s.path.append((ts, x, y))
             s.cameras.add(camera)
+            if meas[r].colour is not None:
+                self._learn_colour(s, meas[r].colour)
             for side, o, dvec, conf in t.wrists:
                 s.wrists.append((ts, camera, side, float(o[0]), float(o[1]), float(o[2]),
                                  float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
@@ -332,20 +347,24 @@ class FloorTracker:
         return left
 
     def _claim(self, ts: float, mm: _Meas, d2_row: np.ndarray | None, live: list[int],
-               taken: set[int]) -> int | None:
+               taken: set[int], colour_row: np.ndarray | None = None) -> int | None:
         """The shopper a track the assignment left over belongs to, if any: an active one this camera does
-        not see right now within the hand-off gate, else a lost one (see the module docstring)."""
+        not see right now within the hand-off gate, else a lost one (see the module docstring).  Among
+        several, position and colour (``colour_row``, by ``live`` column) decide together."""
         cfg = self.cfg
         if d2_row is not None:
-            best, best_d = None, cfg.handoff_chi2
+            best, best_c = None, math.inf
             for j, slot in enumerate(live):
-                if slot not in taken and self.info[slot].state == ACTIVE and d2_row[j] < best_d:
-                    best, best_d = slot, float(d2_row[j])
+                if slot not in taken and self.info[slot].state == ACTIVE and d2_row[j] < cfg.handoff_chi2:
+                    c = float(d2_row[j]) + (float(colour_row[j]) if colour_row is not None else 0.0)
+                    if c < best_c:
+                        best, best_c = slot, c
             if best is not None:
                 return best
         fx, fy = mm.floor
         at_gate = self.near_gate(fx, fy)
         best, best_d = None, math.inf
+        col = {slot: float(colour_row[j]) for j, slot in enumerate(live)} if colour_row is not None else {}
         for slot in self._live:
             s = self.info[slot]
             if slot in taken or s.state != LOST:
@@ -356,9 +375,46 @@ class FloorTracker:
                 radius = cfg.recover_radius_m
             else:
                 radius = min(cfg.recover_radius_m + cfg.recover_speed_mps * (ts - s.seen), cfg.recover_max_m)
-            if d < radius and d < best_d:
-                best, best_d = slot, d
+            if d < radius:
+                score = cfg.colour_cap * (d / radius) ** 2 + col.get(slot, 0.0)  # both at most colour_cap
+                if score < best_d:
+                    best, best_d = slot, score
         return best
+
+    # ------------------------------------------------------------------------------------------- colour
+    def _colour_cost(self, meas: list[_Meas], slots: list[int]) -> np.ndarray | None:
+        """What colour adds to each (track, shopper) cost, (m, n): the squared distance in spreads, at most
+        ``colour_cap``; a shopper whose colour is not known yet costs its expected value (3, the degrees of
+        freedom), a track without a colour nothing.  None when no pair has both."""
+        cfg = self.cfg
+        if cfg.colour_cap <= 0:
+            return None
+        rows = [r for r, mm in enumerate(meas) if mm.colour is not None]
+        if not rows:
+            return None
+        known = [j for j, k in enumerate(slots) if self.info[k].colour_n >= cfg.colour_min_obs]
+        if not known:
+            return None
+        out = np.zeros((len(meas), len(slots)))
+        out[rows] = min(3.0, cfg.colour_cap)
+        c = np.stack([meas[r].colour for r in rows])  # type: ignore[misc]
+        m = np.stack([self.info[slots[j]].colour for j in known])  # type: ignore[misc]
+        d2 = (((c[:, None, :] - m[None, :, :]) / np.asarray(cfg.colour_sd)) ** 2).sum(axis=2)
+        out[np.ix_(rows, known)] = np.minimum(d2, cfg.colour_cap)
+        return out
+
+    def _learn_colour(self, s: ShopperInfo, c: np.ndarray) -> None:
+        """Fold a measured colour into the shopper's running mean; once it counts, an odd one (beyond the cost
+        limit: another person's shirt in the patch, a flash) is left out."""
+        cfg = self.cfg
+        if s.colour is None or s.colour_n == 0:
+            s.colour, s.colour_n = c.copy(), 1
+            return
+        odd = float((((c - s.colour) / np.asarray(cfg.colour_sd)) ** 2).sum()) > cfg.colour_cap
+        if odd and s.colour_n >= cfg.colour_min_obs:
+            return
+        s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
+        s.colour = s.colour + (c - s.colour) / s.colour_n
 
     def _spawn(self, ts: float, mm: _Meas, origin: str) -> int:
         slot = len(self.info)

@@ -157,6 +157,7 @@ def build_truth(store: Store, world: World, cells: LoadCellData, scn, start: flo
         shoppers.append({
             "shopper": spec.id, "visit": spec.visit, "account": spec.account, "leader": spec.leader,
             "height_m": spec.height, "radius_m": spec.radius,
+            "shirt_bgr": list(spec.appearance.shirt), "trousers_bgr": list(spec.appearance.trousers),
             "entered_at": None if a.entry_t is None else _r(start + a.entry_t),
             "exited_at": None if a.exit_t is None else _r(start + a.exit_t),
         })

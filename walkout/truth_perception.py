@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 KEYPOINTS = ("head", "lwrist", "rwrist")
 SHELF_SOURCE = "shelf-truth"
-_STREAM_TRACKS, _STREAM_SHELF, _STREAM_LATENCY = 11, 12, 13
+_STREAM_TRACKS, _STREAM_SHELF, _STREAM_LATENCY, _STREAM_COLOUR = 11, 12, 13, 14
 _REF_WIDTH = 640.0  # pixel noise figures are given for this image width
 
 
@@ -91,6 +91,20 @@ class TrackNoise:
     latency_s: tuple[float, float] = (0.05, 0.15)  # per-camera processing latency (publish - capture)
     latency_jitter_s: float = 0.02
     track_conf: tuple[float, float] = (0.5, 0.95)
+    # upper-body colour (CIE L*a*b*), as edge/appearance.py measures it on rendered frames; the figures are
+    # `python -m bench.appearance` on two rendered sessions (standard seed 301 x 10 shoppers, hard seed 302 x 12,
+    # 60 s each, every third frame: 9,896 colours of 22 shoppers).  A shopper's colour is scale x the shirt's
+    # colour + offset + a per-shopper spread; each camera sees it with its own offset (viewpoint, exposure);
+    # each detection adds noise, and now and then (more often when the shopper is barely visible) an outlier.
+    colour: bool = True  # publish a colour where the session records the shirts
+    colour_scale: tuple[float, float, float] = (0.485, 0.354, 0.418)
+    colour_offset: tuple[float, float, float] = (0.9, 0.95, 1.44)
+    colour_spread: tuple[float, float, float] = (8.55, 7.42, 7.6)
+    colour_camera_sd: tuple[float, float, float] = (7.24, 3.48, 3.83)
+    colour_sd: tuple[float, float, float] = (3.24, 1.46, 2.13)
+    colour_outlier: float = 0.22
+    colour_outlier_low_visible: float = 0.5  # below low_visible (not measured: a guess on the safe side)
+    colour_outlier_sd: tuple[float, float, float] = (13.44, 9.58, 11.93)
 
 
 @dataclass(frozen=True)
@@ -424,12 +438,59 @@ class TrackStats:
     hidden_reported: int = 0
 
 
-def noisy_tracks(ct: CameraTruth, cam: Camera, cfg: PerceptionConfig, source: str | None = None
-                 ) -> tuple[list[tuple[float, TracksMsg]], TrackStats]:
+def shopper_colours(truth: dict, cfg: PerceptionConfig) -> dict[int, np.ndarray]:
+    """Each shopper's colour as the cameras would measure it on average (L*a*b*), by MOT id; empty when the
+    session does not record the shirts (simulated before they were) or colours are off."""
+    nz = cfg.tracks
+    out: dict[int, np.ndarray] = {}
+    if not nz.colour:
+        return out
+    from edge.appearance import bgr_to_lab
+
+    for s in truth.get("shoppers", []):
+        if not s.get("shirt_bgr"):
+            continue
+        lab = bgr_to_lab(np.array([s["shirt_bgr"]], float))[0]
+        spread = rng_for(cfg.seed, _STREAM_COLOUR, s["shopper"]).normal(0.0, 1.0, 3) * nz.colour_spread
+        out[shopper_number(s["shopper"])] = lab * nz.colour_scale + nz.colour_offset + spread
+    return out
+
+
+def _colours(ct: CameraTruth, rows: np.ndarray, base: dict[int, np.ndarray], nz: TrackNoise, seed: int
+             ) -> np.ndarray | None:
+    """Measured colours (m, 3) of detections ``rows`` (NaN where the shopper has none), or None."""
+    if not base or not len(rows):
+        return None
+    rng = rng_for(seed, _STREAM_COLOUR, f"detections:{ct.camera}")
+    who = ct.shopper[rows].astype(int)
+    out = np.full((len(rows), 3), np.nan)
+    offsets: dict[int, np.ndarray] = {}
+    for k in np.unique(who):
+        if int(k) in base:
+            off = rng_for(seed, _STREAM_COLOUR, f"{ct.camera}:{int(k)}").normal(0.0, 1.0, 3) * nz.colour_camera_sd
+            offsets[int(k)] = base[int(k)] + off
+    has = np.array([int(k) in offsets for k in who])
+    if not has.any():
+        return None
+    mean = np.array([offsets.get(int(k), np.zeros(3)) for k in who])
+    p_out = np.where(ct.vis[rows] < nz.low_visible, nz.colour_outlier_low_visible, nz.colour_outlier)
+    outlier = rng.random(len(rows)) < p_out
+    sd = np.where(outlier[:, None], nz.colour_outlier_sd, nz.colour_sd)
+    col = mean + rng.normal(0.0, 1.0, (len(rows), 3)) * sd
+    col[:, 0] = np.clip(col[:, 0], 0.0, 100.0)
+    col[:, 1:] = np.clip(col[:, 1:], -127.0, 127.0)
+    out[has] = col[has]
+    return out
+
+
+def noisy_tracks(ct: CameraTruth, cam: Camera, cfg: PerceptionConfig, source: str | None = None,
+                 colours: dict[int, np.ndarray] | None = None) -> tuple[list[tuple[float, TracksMsg]], TrackStats]:
     """One camera's published tracks: ``(publish time, message)`` per delivered frame, in order.
 
     Two passes: who is detected with which track id, frame by frame (the noise that has memory: dropouts,
-    fragments, switches); then the per-detection noise, floor projection and rays for all frames at once."""
+    fragments, switches); then the per-detection noise, floor projection and rays for all frames at once.
+    ``colours`` (:func:`shopper_colours`) gives each shopper's upper-body colour; each detection's is drawn
+    around it (a stream of its own: the other noise does not change with it)."""
     nz = cfg.tracks
     rng = rng_for(cfg.seed, _STREAM_TRACKS, ct.camera)
     lat_rng = rng_for(cfg.seed, _STREAM_LATENCY, ct.camera)
@@ -497,6 +558,11 @@ def noisy_tracks(ct: CameraTruth, cam: Camera, cfg: PerceptionConfig, source: st
         det_ids.extend(tid[int(ct.shopper[i])] for i in rows)
         det_frame.extend([n] * len(rows))
     tracks = _tracks(ct, cam, np.asarray(det_rows, int), det_ids, cfg, rng, stats)
+    cols = _colours(ct, np.asarray(det_rows, int), colours or {}, cfg.tracks, cfg.seed)
+    if cols is not None:
+        for t, c in zip(tracks, np.round(cols, 1).tolist(), strict=True):
+            if t is not None and c[0] == c[0]:  # NaN: no colour for this shopper
+                t["colour"] = c
     by_frame: dict[int, list[dict]] = {}
     for n, t in zip(det_frame, tracks, strict=True):
         if t is not None:
@@ -743,9 +809,10 @@ def perceive(session, config: PerceptionConfig | None = None, cameras: list[str]
     events."""
     cfg = config or PerceptionConfig()
     truths = camera_truths(session, cameras)
+    colours = shopper_colours(session.truth, cfg)
     tracks, tstats = {}, {}
     for cid, ct in truths.items():
-        tracks[cid], tstats[cid] = noisy_tracks(ct, session.cameras[cid], cfg)
+        tracks[cid], tstats[cid] = noisy_tracks(ct, session.cameras[cid], cfg, colours=colours)
     events, sstats, beats = [], None, []
     if with_shelf:
         events, sstats = shelf_events(session.store, session.truth, cfg)

@@ -33,6 +33,8 @@ Metres = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 SqMetres = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 Pixels = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False)]
 Grams = Annotated[float, Field(ge=-1e7, le=1e7, allow_inf_nan=False)]
+Lightness = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+Chroma = Annotated[float, Field(ge=-128.0, le=128.0, allow_inf_nan=False)]
 
 Vec2 = tuple[Metres, Metres]
 Vec3 = tuple[Metres, Metres, Metres]
@@ -85,6 +87,10 @@ class Track(_Strict):
     head: Keypoint | None = None
     lwrist: Keypoint | None = None
     rwrist: Keypoint | None = None
+    colour: tuple[Lightness, Chroma, Chroma] | None = Field(
+        None, title="Upper-body colour",
+        description="Median colour of the chest, CIE L*a*b* (L 0..100; edge/appearance.py); none if not measured",
+    )
 
     @model_validator(mode="after")
     def _geometry(self) -> Track:

@@ -1,0 +1,149 @@
+"""Upper-body colour: measured on frames (edge/appearance.py), carried on the wire, drawn by truth perception,
+and used by the floor tracker to keep two shoppers apart where their positions do not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from bench.appearance import measure
+from edge.appearance import bgr_to_lab, torso_colours
+from fusion.config import FloorConfig
+from fusion.floor import FloorTracker, TrackObs
+from tests.fusion_scene import scene_store
+from wire.messages import Track
+
+SMOKE = Path(__file__).resolve().parents[1] / "replay_data" / "sessions" / "smoke"
+RED, BLUE = (40, 40, 200), (200, 60, 30)  # BGR
+
+
+def _person(img: np.ndarray, box: tuple[int, int, int, int], head: tuple[int, int], chest_bgr) -> None:
+    """A crude person: dark legs over the whole box, a shirt-coloured torso half next to the head."""
+    x1, y1, x2, y2 = box
+    img[y1:y2, x1:x2] = (30, 30, 30)
+    hx, hy = head
+    if hy <= y1 + 2:  # upright: head on top, torso below it
+        img[y1:(y1 + y2) // 2 + 4, x1:x2] = chest_bgr
+    else:  # lying across the image, head on the left
+        img[y1:y2, x1:(x1 + x2) // 2 + 4] = chest_bgr
+    cv2.circle(img, head, 4, (20, 60, 90), -1)
+
+
+@pytest.mark.parametrize(("box", "head", "colour"), [
+    ((100, 50, 140, 150), (120, 52), RED),  # upright (a side-looking camera)
+    ((100, 50, 140, 150), (120, 52), BLUE),
+    ((200, 100, 300, 140), (202, 120), RED),  # lying across the image (below a ceiling camera)
+    ((200, 100, 300, 140), (202, 120), BLUE),
+])
+def test_the_colour_is_the_shirt_next_to_the_head(box, head, colour):
+    img = np.full((240, 320, 3), 180, np.uint8)
+    _person(img, box, head, colour)
+    lab = torso_colours(img, np.array([box], float), np.array([head], float))
+    assert np.allclose(lab[0], bgr_to_lab(np.array([colour]))[0], atol=1.0)
+
+
+@pytest.mark.parametrize(("box", "heads", "why"), [
+    ((400, 10, 450, 60), None, "outside the image"),
+    ((10, 10, 12, 12), None, "too small"),
+    ((10, 10, 60, 60), [[np.nan, np.nan]], "no head: box fallback still inside, so measured"),
+])
+def test_boxes_that_cannot_be_measured_give_nan(box, heads, why):
+    img = np.full((100, 100, 3), 128, np.uint8)
+    lab = torso_colours(img, np.array([box], float), None if heads is None else np.array(heads))
+    assert np.isfinite(lab[0]).all() == why.endswith("measured"), why
+
+
+def test_a_grey_frame_or_no_boxes_gives_no_colour():
+    assert np.isnan(torso_colours(np.zeros((50, 50), np.uint8), np.array([[0, 0, 40, 40]]))).all()
+    assert torso_colours(np.zeros((50, 50, 3), np.uint8), np.zeros((0, 4))).shape == (0, 3)
+
+
+@pytest.mark.parametrize(("bgr", "lab"), [((255, 255, 255), (100, 0, 0)), ((0, 0, 0), (0, 0, 0)),
+                                          ((0, 0, 255), (53.2, 80.1, 67.2))])
+def test_lab_conversion(bgr, lab):
+    assert np.allclose(bgr_to_lab(np.array([bgr]))[0], lab, atol=0.5)
+
+
+@pytest.mark.parametrize(("colour", "ok"), [((50, 10, -20), True), (None, True), ((101, 0, 0), False),
+                                            ((50, 200, 0), False), ((float("nan"), 0, 0), False)])
+def test_the_wire_checks_the_colour(colour, ok):
+    kw = {"id": 1, "box": (0, 0, 10, 10), "conf": 0.9, "floor": (1, 1), "floor_cov": (0.01, 0, 0.01),
+          "colour": colour}
+    if ok:
+        t = Track(**kw)
+        assert Track.model_validate_json(t.model_dump_json()) == t
+    else:
+        with pytest.raises(ValidationError):
+            Track(**kw)
+
+
+# ------------------------------------------------------------------------------------------------ floor
+def _meet_and_turn_back(colours: bool, seed: int) -> dict[str, float]:
+    """Two shoppers walk towards each other along y = 2.5, meet at x = 3 (4 cm apart: one hides the other) and
+    walk back where they came from;
+    one camera sees them, loses both for 0.4 s where they meet (one hides the other) and gives them new ids
+    after.  Returns each fused shopper's x position at the end by the shopper it started on."""
+    rng = np.random.default_rng(seed)
+    floor = FloorTracker(scene_store(), FloorConfig(colour_cap=9.0 if colours else 0.0))
+    red, blue = bgr_to_lab(np.array([RED, BLUE], float))
+    first: dict[str, str] = {}
+    t, dt = 0.0, 0.1
+    for k in range(40):
+        t = k * dt
+        d = 1.08 * (1.0 - abs(k - 20) / 20)  # distance walked from the start: out and back at 0.54 m/s
+        xa, xb = 1.9 + d, 4.1 - d
+        ids = (1, 2) if k < 20 else (3, 4)
+        if 18 <= k <= 21:
+            continue
+        obs = []
+        for tid, x, lab in ((ids[0], xa, red), (ids[1], xb, blue)):
+            fl = (x + rng.normal(0, 0.03), 2.5 + rng.normal(0, 0.03))
+            obs.append(TrackObs(tid, fl, (0.01, 0.0, 0.01), colour=tuple(lab + rng.normal(0, 2.0, 3))))
+        floor.update("cam", t, obs)
+        if k == 5:
+            first = {floor.info[floor.links["cam"][1]].id: "a", floor.info[floor.links["cam"][2]].id: "b"}
+    return {first[s.id]: s.x for s in floor.live() if s.id in first}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_keeps_two_shoppers_apart_where_they_meet_and_turn_back(seed):
+    with_colour = _meet_and_turn_back(True, seed)
+    assert with_colour["a"] < 2.5 < with_colour["b"]  # a came from the left and went back there
+    without = _meet_and_turn_back(False, seed)
+    assert without["a"] > 2.5 > without["b"]  # by position alone, each carries on: swapped
+
+
+def test_an_odd_colour_does_not_change_what_a_shopper_looks_like():
+    floor = FloorTracker(scene_store())
+    red = bgr_to_lab(np.array([RED], float))[0]
+    for k in range(20):
+        floor.update("cam", k * 0.1, [TrackObs(1, (3.0, 2.5), (0.01, 0.0, 0.01), colour=tuple(red))])
+    s = floor.live()[0]
+    floor.update("cam", 2.0, [TrackObs(1, (3.0, 2.5), (0.01, 0.0, 0.01), colour=(90.0, -40.0, 60.0))])
+    assert np.allclose(s.colour, red) and s.colour_n == 20
+
+
+# ------------------------------------------------------------------------------------------------ truth perception
+def test_truth_perception_colours_follow_the_shirts():
+    from sim.session import Session
+    from walkout.truth_perception import PerceptionConfig, perceive
+
+    p = perceive(Session.open(SMOKE), PerceptionConfig(seed=3), with_shelf=False)
+    again = perceive(Session.open(SMOKE), PerceptionConfig(seed=3), with_shelf=False)
+    cols = [t.colour for msgs in p.tracks.values() for _, m in msgs for t in m.tracks]
+    assert cols and all(c is not None for c in cols)
+    assert cols == [t.colour for msgs in again.tracks.values() for _, m in msgs for t in m.tracks]
+
+
+@pytest.mark.skipif(not (SMOKE / "session.mcap").is_file(), reason="the committed smoke session is missing")
+def test_on_rendered_frames_the_same_shopper_is_closer_in_colour_than_two_different_ones():
+    truth = json.loads((SMOKE / "truth.json").read_text())
+    assert len({tuple(s["shirt_bgr"]) for s in truth["shoppers"]}) == 2
+    r = measure([SMOKE], every=1)
+    assert r["measurements"] > 50
+    assert r["different_shirt_distance_median_sd"] > 1.5 * r["same_shopper_distance_median_sd"]
