@@ -85,10 +85,20 @@ class Cart:
         return out
 
 
-def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]]) -> tuple[str, int, float] | None:
-    """The candidate (sku, qty, p) a put-back most likely returns, among what the cart holds."""
+def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]], min_mass: float = 0.0
+                    ) -> tuple[str, int, float] | None:
+    """The candidate (sku, qty, p) a put-back most likely returns, among what the cart holds.
+
+    What is put back came out of this cart, so the shelf's probabilities are conditioned on that: the
+    returned ``p`` is the candidate's share of the candidates the cart could have given back -- when those
+    together hold at least ``min_mass`` of the shelf's belief; below it the shelf's own ``p`` stands (the cart
+    explains the weight poorly: something else went wrong, and the line stays as unsure as the shelf was)."""
     held = cart.holdings()
     fitting = [c for c in candidates if held.get(c[0], 0) >= c[1]]
     if not fitting:
         return None
-    return max(fitting, key=lambda c: (c[2], c[0]))
+    sku, qty, p = max(fitting, key=lambda c: (c[2], c[0]))
+    mass = sum(c[2] for c in fitting)
+    if mass > 0 and mass >= min_mass:
+        p = p / mass
+    return sku, qty, p

@@ -102,6 +102,10 @@ class AssociationConfig(_Cfg):
                                          "(a hand in a low shelf is hidden from the ceiling)")
     min_candidate_p: float = Field(0.8, ge=0, le=1, title="Minimum product probability",
                                    description="A product identification below this is uncertain")
+    put_back_min_mass: float = Field(0.3, ge=0, le=1, title="Put-back cart belief",
+                                     description="A put-back's product is judged among what the cart holds "
+                                                 "when those candidates carry at least this much of the shelf's "
+                                                 "probability; else the shelf's own probability stands")
     delay_s: float = Field(0.3, ge=0, title="Association delay",
                            description="Event-time wait after a shelf event's end before associating it")
 

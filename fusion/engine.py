@@ -410,7 +410,7 @@ class FusionEngine:
             sku, qty, p = cands[0]
             kind = "pick"
         else:
-            choice = choose_put_back(cart, cands)
+            choice = choose_put_back(cart, cands, cfg.put_back_min_mass)
             if choice is None:
                 cart.issues.append(f"event {ev.event_id}: put-back of {cands[0][0]} not in the cart")
                 return None

@@ -26,7 +26,7 @@ def _person(img: np.ndarray, box: tuple[int, int, int, int], head: tuple[int, in
     """A crude person: dark legs over the whole box, a shirt-coloured torso half next to the head."""
     x1, y1, x2, y2 = box
     img[y1:y2, x1:x2] = (30, 30, 30)
-    hx, hy = head
+    hy = head[1]
     if hy <= y1 + 2:  # upright: head on top, torso below it
         img[y1:(y1 + y2) // 2 + 4, x1:x2] = chest_bgr
     else:  # lying across the image, head on the left
