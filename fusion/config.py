@@ -53,6 +53,11 @@ class FloorConfig(_Cfg):
                                  description="A shopper lost within this distance of an exit has left")
     max_speed_mps: float = Field(2.5, gt=0, title="Maximum speed", description="Clamp on the filtered velocity")
     history_s: float = Field(40.0, gt=0, title="History", description="Seconds of positions and wrists kept")
+    merge_m: float = Field(0.4, gt=0, title="Duplicate distance",
+                           description="A shopper who appeared away from the gate and stays this close to an "
+                                       "older one ...")
+    merge_after_s: float = Field(1.0, ge=0, title="Duplicate time",
+                                 description="... for this long is folded into it (0: never)")
     colour_sd: tuple[float, float, float] = Field(
         (8.1, 3.3, 4.6), title="Colour spread",
         description="Spread of one shopper's upper-body colour (L*, a*, b*) over cameras and time "

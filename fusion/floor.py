@@ -74,6 +74,10 @@ class ShopperInfo:
     P: np.ndarray = field(default_factory=lambda: np.eye(5))
     colour: np.ndarray | None = None  # running mean of the upper-body colours measured (L*a*b*)
     colour_n: int = 0  # how many went into it
+    twin: str | None = None  # an older shopper this one has stayed on top of since twin_since (a duplicate?)
+    twin_since: float = 0.0
+    apart: frozenset[str] = frozenset()  # shoppers seen as another track in the same camera frame, nearby
+    merged_into: str | None = None  # retired as a duplicate of this shopper
 
     @property
     def x(self) -> float:
@@ -344,6 +348,9 @@ class FloorTracker:
                                  float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
             if self._in_exit(x, y):
                 left.append(self._retire(s, ts))
+        if len(assigned) > 1:
+            self._note_apart([self.info[k] for k in assigned.values()])
+        self._merge_twins(ts)
         return left
 
     def _claim(self, ts: float, mm: _Meas, d2_row: np.ndarray | None, live: list[int],
@@ -380,6 +387,65 @@ class FloorTracker:
                 if score < best_d:
                     best, best_d = slot, score
         return best
+
+    # ------------------------------------------------------------------------------------------- duplicates
+    def _note_apart(self, seen: list[ShopperInfo]) -> None:
+        """Shoppers one camera frame shows as different tracks close together are two people: never twins."""
+        near = 2 * self.cfg.merge_m
+        for a in range(len(seen)):
+            for b in range(a + 1, len(seen)):
+                sa, sb = seen[a], seen[b]
+                if abs(sa.m[0] - sb.m[0]) < near and abs(sa.m[1] - sb.m[1]) < near:
+                    sa.apart = sa.apart | {sb.id}
+                    sb.apart = sb.apart | {sa.id}
+
+    def _merge_twins(self, ts: float) -> None:
+        """A shopper who appeared away from the gate (``unknown``: nobody enters but through it) and has
+        stayed within ``merge_m`` of an older shopper for ``merge_after_s``, never seen beside them as another
+        track and not of another colour, is a duplicate of them (a camera's track the matching could not
+        place, on someone crouching or half hidden): it is folded into the older one."""
+        cfg = self.cfg
+        if cfg.merge_after_s <= 0:
+            return
+        for slot in list(self._live):
+            s = self.info[slot]
+            if s.origin != "unknown" or s.state != ACTIVE:
+                continue
+            best, best_d = None, cfg.merge_m
+            for k in self._live:
+                o = self.info[k]
+                if o is s or o.created_t >= s.created_t or o.id in s.apart:
+                    continue
+                d = math.hypot(o.m[0] - s.m[0], o.m[1] - s.m[1])
+                if d < best_d and not self._colour_differs(s, o):
+                    best, best_d = o, d
+            if best is None:
+                s.twin = None
+            elif s.twin != best.id:
+                s.twin, s.twin_since = best.id, ts
+            elif ts - s.twin_since >= cfg.merge_after_s:
+                self._merge(s, best, ts)
+
+    def _colour_differs(self, a: ShopperInfo, b: ShopperInfo) -> bool:
+        cfg = self.cfg
+        if cfg.colour_cap <= 0 or a.colour is None or b.colour is None or \
+                min(a.colour_n, b.colour_n) < cfg.colour_min_obs:
+            return False
+        return float((((a.colour - b.colour) / np.asarray(cfg.colour_sd)) ** 2).sum()) > cfg.colour_cap
+
+    def _merge(self, dup: ShopperInfo, into: ShopperInfo, ts: float) -> None:
+        slot, keep = self._by_id[dup.id], self._by_id[into.id]
+        log.debug("shopper %s is a duplicate of %s: merged at %.3f", dup.id, into.id, ts)
+        for cam_links in self.links.values():
+            for tid in [tid for tid, v in cam_links.items() if v == slot]:
+                cam_links[tid] = keep
+        if dup.wrists:
+            into.wrists = sorted(into.wrists + dup.wrists, key=_time_of)
+        into.cameras |= dup.cameras
+        if into.state == LOST:  # the duplicate is where they are now
+            into.m, into.P, into.t, into.seen, into.state = dup.m.copy(), dup.P.copy(), dup.t, dup.seen, ACTIVE
+        dup.merged_into = into.id
+        self._retire(dup, ts)
 
     # ------------------------------------------------------------------------------------------- colour
     def _colour_cost(self, meas: list[_Meas], slots: list[int]) -> np.ndarray | None:

@@ -147,3 +147,40 @@ def test_on_rendered_frames_the_same_shopper_is_closer_in_colour_than_two_differ
     r = measure([SMOKE], every=1)
     assert r["measurements"] > 50
     assert r["different_shirt_distance_median_sd"] > 1.5 * r["same_shopper_distance_median_sd"]
+
+
+# ------------------------------------------------------------------------------------------------ duplicates
+def _standing(floor: FloorTracker, t: float, cam: str, tracks: list[tuple[int, float, float]]) -> None:
+    floor.update(cam, t, [TrackObs(tid, (x, y), (0.01, 0.0, 0.01)) for tid, x, y in tracks])
+
+
+def test_a_duplicate_that_appeared_on_top_of_a_shopper_is_folded_into_them():
+    """cam2 first places a shopper 1.5 m off (a ray at the wrong height: crouching), which makes a second
+    shopper there; over the next second its frames come onto the first one, where they stay: after
+    ``merge_after_s`` the duplicate is gone and cam2's track feeds the first shopper."""
+    floor = FloorTracker(scene_store(), FloorConfig(merge_after_s=1.0))
+    for k in range(10):
+        _standing(floor, k * 0.1, "cam1", [(1, 3.0, 2.5)])
+    first = floor.live()[0]
+    for k in range(10, 50):
+        t = k * 0.1
+        _standing(floor, t, "cam1", [(1, 3.0, 2.5)])
+        _standing(floor, t + 0.01, "cam2", [(7, 4.5 - 1.48 * min(1.0, (k - 10) / 10), 2.5)])
+        if k == 10:
+            assert len(floor.live()) == 2 and floor.live()[1].origin == "unknown"
+    assert [s.id for s in floor.live()] == [first.id]
+    dup = next(s for s in floor.info if s is not first)
+    assert dup.merged_into == first.id
+    assert floor.info[floor.links["cam2"][7]] is first
+
+
+def test_two_people_side_by_side_are_never_folded_together():
+    """Someone appeared away from the gate next to a shopper, but one camera sees both as two tracks: two
+    people, however long they stand 0.3 m apart."""
+    floor = FloorTracker(scene_store(), FloorConfig(merge_after_s=1.0))
+    for k in range(10):
+        _standing(floor, k * 0.1, "cam1", [(1, 3.0, 2.5)])
+    for k in range(10, 60):
+        _standing(floor, k * 0.1, "cam1", [(1, 3.0, 2.5), (2, 3.0 if k == 10 else 3.3, 2.5 if k > 10 else 3.5)])
+    assert len(floor.live()) == 2
+    assert all(s.merged_into is None for s in floor.info)
