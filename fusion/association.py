@@ -8,6 +8,11 @@ Evidence per shopper, over the event's window (padded for clock skew):
 - body: the horizontal distance of the shopper's floor position to the lanes (cheap prior; arms are short).
 Scores are Gaussian in those distances; the probabilities are the normalised scores.  The winner's
 probability is the line's confidence; the margin to the runner-up decides whether the line is uncertain.
+
+A shelf change on several products' lanes at once comes as sibling events (one ``parent_id``).  A located
+wrist nearer to a sibling's lanes is that sibling's hand and does not count here (``rivals``), and the
+siblings are weighed together: one shopper doing two of them is taken as less likely than two shoppers doing
+one each (:func:`sibling_factors`) -- two neighbours reaching into adjacent lanes at the same moment.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class Association:
     cameras: list[str]
     uncertain: bool
     reason: str = ""
+    # per candidate: (wrist distance, body distance, cameras) -- what a re-weighing needs (:func:`reweigh`)
+    evidence: dict[str, tuple[float, float, list[str]]] = field(default_factory=dict)
 
 
 def box_frames(boxes: list[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -128,13 +135,16 @@ def _path_at(path: list[tuple[float, float, float]], ts: np.ndarray) -> np.ndarr
 
 
 def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes: list[Box],
-                    cfg: AssociationConfig) -> WristEvidence:
+                    cfg: AssociationConfig, rivals: list[Box] | None = None) -> WristEvidence:
     """Per-instant signed distance (negative inside) of this shopper's nearest wrist to the boxes.
 
     At each instant the wrist rays of all cameras are grouped into wrists (rays of different cameras that
     pass within ``TRIANGULATE_M`` of each other, within reach of the body; left/right labels are not trusted
     across views); a wrist seen by two or more cameras is triangulated and its distance measured exactly, a
     wrist seen by one camera gives a lower bound (the nearest point of its ray segment within reach).
+    A located wrist nearer to one of the ``rivals`` (the lanes of another event of the same shelf change:
+    two people, or two hands, in neighbouring lanes at once) than to ``boxes`` is that event's hand: it never
+    counts as at these lanes.
     """
     info = floor.info[slot]
     obs = [w for w in info.wrists if t0 <= w[0] <= t1]
@@ -185,6 +195,8 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
         near = (np.hypot(pts[:, 0] - body[heads, 0], pts[:, 1] - body[heads, 1]) <= cfg.reach_m) & \
             (pts[:, 2] >= 0.2) & (pts[:, 2] <= 2.3)
         pd = points_box_distance(pts, boxes)
+        if rivals:
+            pd = np.where(points_box_distance(pts, rivals) < pd, np.maximum(pd, cfg.outside_cap_m), pd)
         for g, ok_, dv in zip(multi, near.tolist(), pd.tolist(), strict=True):
             dist[g[0]] = dv if ok_ else np.inf
     tri: dict[int, float] = {}
@@ -328,10 +340,13 @@ def wrist_log_score(v: float, cfg: AssociationConfig) -> float:
 
 
 def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
-              cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
-    """Score every shopper present around the event and pick the most likely one."""
+              cfg: AssociationConfig, eligible: set[str] | None = None, rivals: list[Box] | None = None
+              ) -> Association:
+    """Score every shopper present around the event and pick the most likely one (``rivals``: the lanes of
+    the other events of the same shelf change, see :func:`wrist_distances`)."""
     t0, t1 = t_start - cfg.window_pad_s, t_end + cfg.window_pad_s
     approach = approach_boxes(boxes, cfg.approach_m)
+    rival_approach = approach_boxes(rivals, cfg.approach_m) if rivals else None
     scores: dict[str, float] = {}
     wdist: dict[str, float] = {}
     bodies: dict[str, float] = {}
@@ -345,7 +360,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
         if body > cfg.candidate_radius_m:
             continue
-        ev = wrist_distances(floor, slot, t0, t1, approach, cfg)
+        ev = wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach)
         cams = ev.cameras
         # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
         d_k = ev.distance(cfg.persist_instants)
@@ -359,11 +374,21 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         scores[info.id] = log_score
     if not scores:
         return Association(None, 0.0, 0.0, None, None, {}, [], True, "no shopper near the lanes")
-    ids = sorted(scores, key=lambda s: (-scores[s], s))
-    top = scores[ids[0]]
-    weights = {s: math.exp(scores[s] - top) for s in ids}
+    top = max(scores.values())
+    weights = {s: math.exp(v - top) for s, v in scores.items()}
+    evidence = {s: (wdist[s], bodies[s], cams_of[s]) for s in scores}
+    return _decide(weights, evidence, cfg)
+
+
+def _decide(weights: dict[str, float], evidence: dict[str, tuple[float, float, list[str]]],
+            cfg: AssociationConfig) -> Association:
+    """The association from each candidate's (unnormalised) weight: the most likely, its probability, the
+    margin to the runner-up and whether that is too unsure to charge."""
+    ids = sorted(weights, key=lambda s: (-weights[s], s))
     total = sum(weights.values())
     probs = {s: weights[s] / total for s in ids}
+    wdist = {s: e[0] for s, e in evidence.items()}
+    bodies = {s: e[1] for s, e in evidence.items()}
     best = ids[0]
     p = probs[best]
     runner = ids[1] if len(ids) > 1 else None
@@ -373,4 +398,30 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         reason = f"margin {margin:.2f} to {runner} below {cfg.min_margin}"
     elif wdist[best] > cfg.max_wrist_distance_m and bodies[best] > cfg.at_lane_m:
         reason = f"no wrist seen within {cfg.max_wrist_distance_m} m of the lane"
-    return Association(best, p, margin, runner, wdist[best], probs, cams_of[best], bool(reason), reason)
+    return Association(best, p, margin, runner, wdist[best], probs, evidence[best][2], bool(reason), reason,
+                       evidence)
+
+
+def reweigh(a: Association, factor: dict[str, float], cfg: AssociationConfig) -> Association:
+    """``a`` with each candidate's probability multiplied by ``factor`` (default 1) and renormalised."""
+    if a.shopper is None or not a.scores:
+        return a
+    return _decide({s: p * factor.get(s, 1.0) for s, p in a.scores.items()}, a.evidence, cfg)
+
+
+def sibling_factors(assocs: list[Association], same_shopper: float) -> list[dict[str, float]]:
+    """Events of one shelf change split by product (two lanes at once) are more likely two people's than one
+    person's: with the prior that one shopper did two of them ``same_shopper`` times as likely as two did,
+    event j's candidate y is weighed by the product over the other events k of (1 - (1 - same_shopper) x
+    p_k(y)) -- the chance, under the others' own evidence, that y did not do them."""
+    out = []
+    for j, a in enumerate(assocs):
+        f: dict[str, float] = {}
+        for y in a.scores:
+            w = 1.0
+            for k, b in enumerate(assocs):
+                if k != j:
+                    w *= 1.0 - (1.0 - same_shopper) * b.scores.get(y, 0.0)
+            f[y] = w
+        out.append(f)
+    return out

@@ -111,6 +111,10 @@ class AssociationConfig(_Cfg):
                                      description="A put-back's product is judged among what the cart holds "
                                                  "when those candidates carry at least this much of the shelf's "
                                                  "probability; else the shelf's own probability stands")
+    sibling_same_shopper: float = Field(0.3, gt=0, le=1, title="One shopper, two lanes at once",
+                                        description="How likely one shopper did two events of one shelf change "
+                                                    "(two products' lanes at once) against two shoppers doing "
+                                                    "one each (1: no preference)")
     delay_s: float = Field(0.3, ge=0, title="Association delay",
                            description="Event-time wait after a shelf event's end before associating it")
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel
 
-from calibration.store import Shelf, Store
-from fusion.association import Association, associate
+from calibration.store import Box, Shelf, Store
+from fusion.association import Association, associate, reweigh, sibling_factors
 from fusion.carts import Cart, Line, choose_put_back
 from fusion.config import FusionConfig
 from fusion.floor import FloorTracker, TrackObs
@@ -109,6 +109,8 @@ class FusionEngine:
         self._buffer: list[tuple[float, int, str, int, int, BaseModel]] = []
         self._tiebreak = 0
         self._events: list[_Pending] = []
+        # shelf change (parent_id) -> (t_end, lanes) of each of its events: the lanes of an event's siblings
+        self._changes: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
         self._settle: dict[str, float] = {}  # visit -> due time
         self.offline: dict[str, list[list[float]]] = {}  # device -> [[from, to or inf], ...]
         self.camera_seen: dict[str, float] = {}
@@ -204,6 +206,8 @@ class FusionEngine:
         self.stats.processed[type(msg).__name__] += 1
         if isinstance(msg, ShelfEventMsg):
             self._events.append(_Pending(msg.t_end + self.cfg.association.delay_s, msg))
+            if msg.parent_id:
+                self._changes.setdefault(msg.parent_id, []).append((msg.t_end, tuple(ln.lane for ln in msg.lanes)))
             return []
         if isinstance(msg, GateEntryMsg):
             return self._entry(msg)
@@ -322,10 +326,15 @@ class FusionEngine:
                 out.extend(self._maybe_close(v, now))
         if self._events and min(p.due for p in self._events) <= now:
             ready = sorted((p for p in self._events if p.due <= now), key=lambda p: (p.msg.t_end, p.msg.event_id))
+            if any(p.msg.parent_id for p in ready):  # a change's events go together: wait for those in the buffer
+                coming = {e[-1].parent_id for e in self._buffer if isinstance(e[-1], ShelfEventMsg)}
+                ready = [p for p in ready if not p.msg.parent_id or p.msg.parent_id not in coming]
             if ready:
-                self._events = [p for p in self._events if p.due > now]
+                taken = {id(p) for p in ready}
+                self._events = [p for p in self._events if id(p) not in taken]
+                joint = self._associate_siblings([p.msg for p in ready])
                 for p in ready:
-                    out.extend(self._shelf_event(p.msg))
+                    out.extend(self._shelf_event(p.msg, joint.get(p.msg.event_id)))
         if not self._settle or min(self._settle.values()) > now:
             return out
         wait_max = self.cfg.checkout.shelf_wait_max_s
@@ -375,13 +384,34 @@ class FusionEngine:
         return out
 
     # ------------------------------------------------------------------------------------------ shelf events
-    def _shelf_event(self, ev: ShelfEventMsg) -> list[Effect]:
+    def _associate_siblings(self, events: list[ShelfEventMsg]) -> dict[str, Association]:
+        """Associations of the events of one shelf change that come due together, weighed jointly
+        (:func:`fusion.association.sibling_factors`); the others are associated one by one later."""
+        groups: dict[str, list[ShelfEventMsg]] = {}
+        for ev in events:
+            if ev.parent_id and any(ln.lane in self.lane_boxes for ln in ev.lanes):
+                groups.setdefault(ev.parent_id, []).append(ev)
+        out: dict[str, Association] = {}
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            assocs = [self._associate(ev) for ev in group]
+            factors = sibling_factors(assocs, self.cfg.association.sibling_same_shopper)
+            for ev, a, f in zip(group, assocs, factors, strict=True):
+                out[ev.event_id] = reweigh(a, f, self.cfg.association)
+        return out
+
+    def _associate(self, ev: ShelfEventMsg) -> Association:
         boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
+        return associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev))
+
+    def _shelf_event(self, ev: ShelfEventMsg, a: Association | None = None) -> list[Effect]:
         cands = [(c.sku, c.qty, c.p) for c in sorted(ev.candidates, key=lambda c: (-c.p, c.sku, c.qty))]
-        if not boxes:
+        if not any(ln.lane in self.lane_boxes for ln in ev.lanes):
             return [Unassigned(ev.event_id, "event on lanes this store does not have", ev.shelf, ev.ts,
                                tuple(cands), None)]
-        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association)
+        if a is None:
+            a = self._associate(ev)
         vid = self.visits.by_shopper.get(a.shopper) if a.shopper else None
         if vid is None or vid not in self.carts:
             why = a.reason or ("shopper not bound to a visit" if a.shopper else "no shopper")
@@ -396,6 +426,17 @@ class FusionEngine:
             return [self._cart_effect(v, "open")]
         cart.append(line)
         return [self._cart_effect(v, "open")]
+
+    def _rivals(self, ev: ShelfEventMsg) -> list[Box]:
+        """The lanes of the other events of ``ev``'s shelf change (a change split into sub-events, one per
+        product: two shoppers, or two hands, in neighbouring lanes at once)."""
+        if len(self._changes) > 512:  # changes whose events were all associated long ago
+            self._changes = {p: v for p, v in self._changes.items() if max(t for t, _ in v) > ev.t_end - 120.0}
+        if not ev.parent_id:
+            return []
+        own = {ln.lane for ln in ev.lanes}
+        lanes = {lane for _, ls in self._changes.get(ev.parent_id, []) for lane in ls} - own
+        return [self.lane_boxes[lane] for lane in sorted(lanes) if lane in self.lane_boxes]
 
     def _line(self, ev: ShelfEventMsg, a: Association, cands: list[tuple[str, int, float]],
               cart: Cart) -> Line | None:

@@ -419,3 +419,64 @@ def test_a_visit_waits_only_for_shelves_its_shoppers_came_near(per_shelf, other,
     assert 16.0 < r.exited_at - T0 < 16.5
     assert settled[0] <= r.settled_at - T0 <= settled[1]
     assert ("S9" in eng._shelves_near(eng.visits.visits[r.visit])) == (other is NEAR_SHELF)
+
+
+def _hidden_hand_neighbours(one_change: bool) -> list:
+    """Alice (L2) and Bob (L3) pick at the same moment; Bob reaches into L3 next to L2, Alice's hand is hidden
+    from every camera.  The shelf sees one change on two lanes: two events of one ``parent_id``
+    (``one_change``), or two unrelated events."""
+    ta, tb = lane_target(STORE, "L2"), lane_target(STORE, "L3")
+    edge = (tb[0] - 0.09 if ta[0] < tb[0] else tb[0] + 0.09, tb[1], tb[2])  # L3's side next to L2
+    sa = (ta[0] - 0.15 if ta[0] < tb[0] else ta[0] + 0.15, 2.65)
+    sb = (tb[0] + 0.15 if ta[0] < tb[0] else tb[0] - 0.15, 2.65)
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, *sa), (12.0, *sa), (16.0, 5.5, 0.5),
+                                      (16.5, 5.6, 0.3)], [(8.0, 10.0, ta)])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, *sb), (12.5, *sb), (17.0, 5.5, 0.5),
+                                  (17.5, 5.6, 0.3)], [(8.0, 10.0, edge)])
+    msgs = []
+    for m in tracks_messages([alice, bob], CAMS, 18.0):
+        if 7.5 <= m.ts - T0 <= 10.5:  # Alice's wrists are not seen during her pick
+            m = m.model_copy(update={"tracks": [t.model_copy(update={"lwrist": None, "rwrist": None})
+                                                if t.id == 1 else t for t in m.tracks]})
+        msgs.append(m)
+    msgs += [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2)]
+    e1, e2 = shelf_event(STORE, "c1.1", "L2", 8.2, 9.9, 1), shelf_event(STORE, "c1.2", "L3", 8.2, 9.9, 2)
+    if one_change:
+        e1, e2 = (e.model_copy(update={"parent_id": "c1"}) for e in (e1, e2))
+    return msgs + [e1, e2]
+
+
+@pytest.mark.parametrize("one_change", [True, False])
+def test_a_hand_in_the_neighbouring_lane_of_the_same_change_is_not_taken_for_this_one(one_change):
+    _, effects = run(_hidden_hand_neighbours(one_change))
+    r = receipts(effects)
+    bob = [ln["sku"] for ln in r["acct-bob"].lines]
+    alice = [ln["sku"] for ln in r["acct-alice"].lines]
+    if one_change:  # Bob's hand was in L3, the change's other lane: L2 was Alice's, the one left near it
+        assert (alice, bob) == ([STORE.lanes["L2"].sku], [STORE.lanes["L3"].sku])
+        assert r["acct-alice"].decision == "charge", r["acct-alice"].reasons
+    else:  # unrelated events: Bob's hand, the only one seen near L2, takes it
+        assert STORE.lanes["L2"].sku in bob and not alice
+
+
+def _assoc(probs: dict[str, float]):
+    from fusion.association import Association
+
+    best = max(probs, key=probs.get)
+    return Association(best, probs[best], 0.0, None, 0.0, dict(probs), [], False, "",
+                       {s: (0.0, 0.0, []) for s in probs})
+
+
+@pytest.mark.parametrize(("probs", "same", "expected"), [
+    ([{"a": 1.0}, {"a": 1.0}], 0.3, ["a", "a"]),  # alone at the shelf: both are theirs, whatever the prior
+    ([{"a": 0.99, "b": 0.01}, {"a": 0.6, "b": 0.4}], 0.3, ["a", "b"]),  # b did the unsure one
+    ([{"a": 0.99, "b": 0.01}, {"a": 0.6, "b": 0.4}], 1.0, ["a", "a"]),  # no prior: each on its own
+    ([{"a": 0.99, "b": 0.01}, {"a": 0.95, "b": 0.05}], 0.3, ["a", "a"]),  # strong evidence wins
+])
+def test_events_of_one_change_lean_to_different_shoppers(probs, same, expected):
+    from fusion.association import reweigh, sibling_factors
+
+    cfg = FusionConfig().association
+    assocs = [_assoc(p) for p in probs]
+    got = [reweigh(a, f, cfg).shopper for a, f in zip(assocs, sibling_factors(assocs, same), strict=True)]
+    assert got == expected
