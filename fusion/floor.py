@@ -16,6 +16,11 @@ left over goes to a shopper this camera does not see right now if it is close en
 shopper), else to a lost shopper (recovery: near the gate only a close one, elsewhere the nearest, since
 nobody enters except through the gate), else it becomes a new shopper (``gate`` origin near an entry gate,
 ``unknown`` elsewhere).  A shopper whose position enters an exit, or who is lost next to one, has left.
+
+Where tracks carry the chest colour (``edge/appearance.py``), each shopper keeps a running colour and every
+matching cost gets the capped colour distance added: it keeps two shoppers apart through a close pass or a
+camera's id switch where position alone cannot.  An ``unknown`` shopper who stays on top of an older one (a
+track the matching could not place, on someone crouching) is folded into them (:meth:`_merge_twins`).
 """
 
 from __future__ import annotations
@@ -321,7 +326,7 @@ class FloorTracker:
             if r in assigned:
                 continue
             slot = self._claim(ts, meas[r], d2[r] if live else None, live, taken,
-                               None if colour is None else colour[r])
+                               None if colour is None or meas[r].colour is None else colour[r])
             if slot is None:
                 fx, fy = meas[r].floor
                 if self._exit_distance(fx, fy) <= cfg.exit_margin_m:
@@ -382,8 +387,8 @@ class FloorTracker:
                 radius = cfg.recover_radius_m
             else:
                 radius = min(cfg.recover_radius_m + cfg.recover_speed_mps * (ts - s.seen), cfg.recover_max_m)
-            if d < radius:
-                score = cfg.colour_cap * (d / radius) ** 2 + col.get(slot, 0.0)  # both at most colour_cap
+            if d < radius:  # with colours: distance and colour together (both at most colour_cap); else nearest
+                score = cfg.colour_cap * (d / radius) ** 2 + col[slot] if slot in col else d
                 if score < best_d:
                     best, best_d = slot, score
         return best
