@@ -436,7 +436,7 @@ class FloorTracker:
         if cfg.colour_cap <= 0 or a.colour is None or b.colour is None or \
                 min(a.colour_n, b.colour_n) < cfg.colour_min_obs:
             return False
-        return float((((a.colour - b.colour) / np.asarray(cfg.colour_sd)) ** 2).sum()) > cfg.colour_cap
+        return float(self._colour_d2(a.colour, b.colour)) > cfg.colour_cap
 
     def _merge(self, dup: ShopperInfo, into: ShopperInfo, ts: float) -> None:
         slot, keep = self._by_id[dup.id], self._by_id[into.id]
@@ -470,9 +470,13 @@ class FloorTracker:
         out[rows] = min(3.0, cfg.colour_cap)
         c = np.stack([meas[r].colour for r in rows])  # type: ignore[misc]
         m = np.stack([self.info[slots[j]].colour for j in known])  # type: ignore[misc]
-        d2 = (((c[:, None, :] - m[None, :, :]) / np.asarray(cfg.colour_sd)) ** 2).sum(axis=2)
+        d2 = self._colour_d2(c[:, None, :], m[None, :, :])
         out[np.ix_(rows, known)] = np.minimum(d2, cfg.colour_cap)
         return out
+
+    def _colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""
+        return (((a - b) / np.asarray(self.cfg.colour_sd)) ** 2).sum(axis=-1)
 
     def _learn_colour(self, s: ShopperInfo, c: np.ndarray) -> None:
         """Fold a measured colour into the shopper's running mean; once it counts, an odd one (beyond the cost
@@ -481,7 +485,7 @@ class FloorTracker:
         if s.colour is None or s.colour_n == 0:
             s.colour, s.colour_n = c.copy(), 1
             return
-        odd = float((((c - s.colour) / np.asarray(cfg.colour_sd)) ** 2).sum()) > cfg.colour_cap
+        odd = float(self._colour_d2(c, s.colour)) > cfg.colour_cap
         if odd and s.colour_n >= cfg.colour_min_obs:
             return
         s.colour_n = min(s.colour_n + 1, cfg.colour_memory)

@@ -51,6 +51,7 @@ from pydantic_core import to_json
 
 from calibration.camera import Camera
 from calibration.store import Store
+from edge.appearance import bgr_to_lab
 from edge.projection import ProjectionConfig, floor_positions, keypoint_rays
 from edge.shelf.detector import ShelfChange
 from edge.shelf.gateway import event_id
@@ -445,8 +446,6 @@ def shopper_colours(truth: dict, cfg: PerceptionConfig) -> dict[int, np.ndarray]
     out: dict[int, np.ndarray] = {}
     if not nz.colour:
         return out
-    from edge.appearance import bgr_to_lab
-
     for s in truth.get("shoppers", []):
         if not s.get("shirt_bgr"):
             continue
