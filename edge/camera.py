@@ -31,6 +31,7 @@ The detector is anything with ``detect(images) -> list[Detections]`` and ``keypo
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -345,7 +346,7 @@ class CameraPipeline:
         heads_px = None
         if head is not None:
             heads_px = np.where((head[:, 2] >= self.min_keypoint_conf)[:, None], head[:, :2], np.nan)
-        colours = torso_colours(image, boxes, heads_px).round(1).tolist() if image is not None else [[np.nan]] * m
+        colours = torso_colours(image, boxes, heads_px).round(1).tolist()  # NaN rows: not measured (or no image)
         t2 = time.perf_counter()
         self.times.colour += t2 - t1
         out: list[Track] = []
@@ -359,7 +360,7 @@ class CameraPipeline:
             try:
                 kp_models = {name: Keypoint(px=r[j][0], conf=r[j][1], ray=Ray(origin=r[j][2], dir=r[j][3]))
                              for name, r in kp_rows.items() if r[j] is not None}
-                colour = colours[j] if colours[j][0] == colours[j][0] else None  # NaN: not measured
+                colour = None if math.isnan(colours[j][0]) else colours[j]
                 out.append(Track(id=int(ids[j]), box=box_l[j], conf=scores[j], floor=floor_l[j],
                                  floor_cov=cov_l[j], colour=colour, **kp_models))
             except ValidationError as exc:
