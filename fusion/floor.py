@@ -104,9 +104,10 @@ class _Meas:
     H: np.ndarray  # (2, 3)
     z: np.ndarray  # (2,)
     R: np.ndarray  # (2, 2)
-    floor: np.ndarray  # (2,) the track's own floor estimate (for spawning and distances)
-    init_P: np.ndarray  # (3, 3) covariance of (x, y, h) for a shopper born from this track
+    floor: tuple[float, float]  # the track's own floor estimate (for spawning and distances)
     colour: np.ndarray | None = None  # (3,) upper-body colour, if measured
+    ray: tuple[float, float, float] | None = None  # unit direction of the head ray it comes from, if any
+    sd: float = 0.0  # the head ray's spread across it (m), with ``ray``
 
 
 def _time_of(entry: tuple) -> float:
@@ -114,20 +115,23 @@ def _time_of(entry: tuple) -> float:
 
 
 def _colour(t: TrackObs) -> np.ndarray | None:
-    return None if t.colour is None else np.asarray(t.colour, float)
+    return None if t.colour is None else np.array(t.colour, float)
 
 
-def _perp_basis(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_FLOOR_H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+_FLOOR_H.flags.writeable = False  # shared by every floor-point measurement
+
+
+def _perp_basis(dx: float, dy: float, dz: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Two unit vectors perpendicular to the unit vector ``d`` and to each other: u = d x a (a the x axis, or
-    the y axis when d is near x), v = d x u.  Written out: ``np.cross`` costs 40 us a call."""
-    dx, dy, dz = float(d[0]), float(d[1]), float(d[2])
+    the y axis when d is near x), v = d x u.  In plain floats: numpy costs more than the arithmetic here."""
     if abs(dx) < 0.9:  # a = (1, 0, 0)
         ux, uy, uz = 0.0, dz, -dy
     else:  # a = (0, 1, 0)
         ux, uy, uz = -dz, 0.0, dx
     n = math.sqrt(ux * ux + uy * uy + uz * uz)
     ux, uy, uz = ux / n, uy / n, uz / n
-    return np.array([ux, uy, uz]), np.array([dy * uz - dz * uy, dz * ux - dx * uz, dx * uy - dy * ux])
+    return (ux, uy, uz), (dy * uz - dz * uy, dz * ux - dx * uz, dx * uy - dy * ux)
 
 
 class FloorTracker:
@@ -222,34 +226,41 @@ class FloorTracker:
     def _measure(self, t: TrackObs) -> _Meas:
         cfg = self.cfg
         if t.head is not None:
-            o = np.asarray(t.head[0], float)
-            d = np.asarray(t.head[1], float)
-            d = d / math.sqrt(float(d @ d))
-            if d[2] < -1e-3:  # looking down: the ray meets the typical head height in front of the camera
-                H = np.array(_perp_basis(d))  # rows u, v
-                z = H @ o
-                s = (cfg.head_height_m - o[2]) / d[2]
-                p = o + s * d
-                rng = abs(s)  # d is a unit vector
-                sd = cfg.head_ray_sd_m + cfg.head_ray_sd_per_m * rng
-                R = np.array([[sd * sd, 0.0], [0.0, sd * sd]])
-                g = d / d[2]  # how the point moves along the ray per metre of height
-                init = cfg.head_height_sd_m ** 2 * np.outer(g, g) + sd * sd * (H.T @ H)  # H^T H = uu^T + vv^T
-                return _Meas(H, z, R, p[:2], init, _colour(t))
+            (ox, oy, oz), (dx, dy, dz) = t.head
+            n = math.sqrt(dx * dx + dy * dy + dz * dz)
+            dx, dy, dz = dx / n, dy / n, dz / n
+            if dz < -1e-3:  # looking down: the ray meets the typical head height in front of the camera
+                u, v = _perp_basis(dx, dy, dz)
+                s = (cfg.head_height_m - oz) / dz
+                sd = cfg.head_ray_sd_m + cfg.head_ray_sd_per_m * abs(s)  # d is a unit vector: |s| is the range
+                return _Meas(np.array((u, v)),
+                             np.array((u[0] * ox + u[1] * oy + u[2] * oz, v[0] * ox + v[1] * oy + v[2] * oz)),
+                             np.array(((sd * sd, 0.0), (0.0, sd * sd))), (ox + s * dx, oy + s * dy), _colour(t),
+                             (dx, dy, dz), sd)
         mvar = cfg.min_meas_sd ** 2
-        R = np.array([[t.cov[0] + mvar, t.cov[1]], [t.cov[1], t.cov[2] + mvar]])
-        H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        cxx, cxy, cyy = t.cov
+        fx, fy = t.floor
+        return _Meas(_FLOOR_H, np.array((fx, fy), float), np.array(((cxx + mvar, cxy), (cxy, cyy + mvar))),
+                     (float(fx), float(fy)), _colour(t))
+
+    def _init_P(self, mm: _Meas) -> np.ndarray:
+        """Covariance of (x, y, h) of a shopper born from the measurement ``mm``: along a head ray, the
+        height's spread moves the point by ``g`` per metre; a floor point has its own covariance."""
+        hvar = self.cfg.head_height_sd_m ** 2
+        if mm.ray is not None:
+            g = np.array(mm.ray) / mm.ray[2]
+            return hvar * np.outer(g, g) + mm.sd * mm.sd * (mm.H.T @ mm.H)  # H^T H = uu^T + vv^T
         init = np.zeros((3, 3))
-        init[:2, :2] = R
-        init[2, 2] = cfg.head_height_sd_m ** 2
-        return _Meas(H, np.asarray(t.floor, float), R, np.asarray(t.floor, float), init, _colour(t))
+        init[:2, :2] = mm.R
+        init[2, 2] = hvar
+        return init
 
     @staticmethod
     def _mahalanobis(meas: list[_Meas], means: np.ndarray, covs: np.ndarray) -> np.ndarray:
         """d^2 of every (track, shopper) pair, (m, n)."""
-        H = np.stack([mm.H for mm in meas])  # (m, 2, 3)
-        z = np.stack([mm.z for mm in meas])  # (m, 2)
-        R = np.stack([mm.R for mm in meas])  # (m, 2, 2)
+        H = np.array([mm.H for mm in meas])  # (m, 2, 3)
+        z = np.array([mm.z for mm in meas])  # (m, 2)
+        R = np.array([mm.R for mm in meas])  # (m, 2, 2)
         e = z[:, None, :] - np.einsum("rik,nk->rni", H, means)  # (m, n, 2)
         S = np.einsum("rik,nkl,rjl->rnij", H, covs, H) + R[:, None]
         a, b, c = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
@@ -257,24 +268,63 @@ class FloorTracker:
         return (c * e[..., 0] ** 2 - 2 * b * e[..., 0] * e[..., 1] + a * e[..., 1] ** 2) / det
 
     def _kalman(self, s: ShopperInfo, ts: float, mm: _Meas) -> None:
-        dt = max(ts - s.t, 0.0)
-        if dt > 0:
-            F, Q = self._F_Q(dt)
-            s.m = F @ s.m
-            s.P = F @ s.P @ F.T + Q
-        # H (2 x 5) reads (x, y, h) of the state through mm.H, so P H^T and H P H^T come from P's columns
-        PHt = s.P[:, _POS] @ mm.H.T  # (5, 2)
-        S = mm.H @ PHt[_POS] + mm.R
-        a, b, c, d = S[0, 0], S[0, 1], S[1, 0], S[1, 1]
-        K = PHt @ (np.array([[d, -b], [-c, a]]) / (a * d - b * c))  # P H^T S^-1, S 2 x 2
-        s.m = s.m + K @ (mm.z - mm.H @ s.m[_POS])
-        s.P = s.P - K @ PHt.T  # (I - K H) P
-        s.P = (s.P + s.P.T) / 2
-        lo, hi = self.cfg.head_height_range
-        s.m[4] = min(max(s.m[4], lo), hi)
-        speed = math.hypot(s.m[2], s.m[3])
-        if speed > self.cfg.max_speed_mps:
-            s.m[2:4] *= self.cfg.max_speed_mps / speed
+        """Predict ``s`` to ``ts`` and update it with ``mm``: the textbook filter (m' = F m + K (z - H F m),
+        P' = (I - K H)(F P F^T + Q), K = P H^T (H P H^T + R)^-1, H reading (x, y, h) of the state) written
+        out in plain floats -- for 5 x 5 matrices numpy's per-call cost is most of the time."""
+        cfg = self.cfg
+        m = s.m.tolist()
+        P = s.P.tolist()
+        dt = ts - s.t
+        if dt > 0:  # F adds dt x velocity to the position; Q: white-noise acceleration per axis (as _F_Q)
+            m[0] += dt * m[2]
+            m[1] += dt * m[3]
+            for i, j in ((0, 2), (1, 3)):
+                ri, rj = P[i], P[j]
+                for k in range(5):
+                    ri[k] += dt * rj[k]
+            for row in P:
+                row[0] += dt * row[2]
+                row[1] += dt * row[3]
+            q = cfg.process_noise ** 2
+            a, b, c = q * dt ** 3 / 3, q * dt * dt / 2, q * dt
+            for i, j in ((0, 2), (1, 3)):
+                P[i][i] += a
+                P[i][j] += b
+                P[j][i] += b
+                P[j][j] += c
+            P[4][4] += cfg.head_height_noise ** 2 * dt
+        (h00, h01, h02), (h10, h11, h12) = mm.H.tolist()
+        (r00, r01), (r10, r11) = mm.R.tolist()
+        z0, z1 = mm.z.tolist()
+        # P H^T (5 x 2): H reads columns 0, 1 and 4 of P
+        pht = [(r[0] * h00 + r[1] * h01 + r[4] * h02, r[0] * h10 + r[1] * h11 + r[4] * h12) for r in P]
+        (a0, a1), (b0, b1), (c0, c1) = pht[0], pht[1], pht[4]
+        s00 = h00 * a0 + h01 * b0 + h02 * c0 + r00
+        s01 = h00 * a1 + h01 * b1 + h02 * c1 + r01
+        s10 = h10 * a0 + h11 * b0 + h12 * c0 + r10
+        s11 = h10 * a1 + h11 * b1 + h12 * c1 + r11
+        det = s00 * s11 - s01 * s10
+        i00, i01, i10, i11 = s11 / det, -s01 / det, -s10 / det, s00 / det  # S^-1
+        K = [(p0 * i00 + p1 * i10, p0 * i01 + p1 * i11) for p0, p1 in pht]
+        e0 = z0 - (h00 * m[0] + h01 * m[1] + h02 * m[4])
+        e1 = z1 - (h10 * m[0] + h11 * m[1] + h12 * m[4])
+        m = [mi + k0 * e0 + k1 * e1 for mi, (k0, k1) in zip(m, K, strict=True)]
+        for i in range(5):  # P - K (P H^T)^T, made symmetric
+            k0, k1 = K[i]
+            for j in range(i, 5):
+                g0, g1 = pht[j]
+                kj0, kj1 = K[j]
+                pi0, pi1 = pht[i]
+                v = ((P[i][j] - (k0 * g0 + k1 * g1)) + (P[j][i] - (kj0 * pi0 + kj1 * pi1))) / 2
+                P[i][j] = P[j][i] = v
+        lo, hi = cfg.head_height_range
+        m[4] = min(max(m[4], lo), hi)
+        speed = math.hypot(m[2], m[3])
+        if speed > cfg.max_speed_mps:
+            m[2] *= cfg.max_speed_mps / speed
+            m[3] *= cfg.max_speed_mps / speed
+        s.m = np.array(m)
+        s.P = np.array(P)
         s.t = ts
 
     # ------------------------------------------------------------------------------------------- update
@@ -468,8 +518,8 @@ class FloorTracker:
             return None
         out = np.zeros((len(meas), len(slots)))
         out[rows] = min(3.0, cfg.colour_cap)
-        c = np.stack([meas[r].colour for r in rows])  # type: ignore[misc]
-        m = np.stack([self.info[slots[j]].colour for j in known])  # type: ignore[misc]
+        c = np.array([meas[r].colour for r in rows])
+        m = np.array([self.info[slots[j]].colour for j in known])
         d2 = self._colour_d2(c[:, None, :], m[None, :, :])
         out[np.ix_(rows, known)] = np.minimum(d2, cfg.colour_cap)
         return out
@@ -485,7 +535,8 @@ class FloorTracker:
         if s.colour is None or s.colour_n == 0:
             s.colour, s.colour_n = c.copy(), 1
             return
-        odd = float(self._colour_d2(c, s.colour)) > cfg.colour_cap
+        (l0, a0, b0), (l1, a1, b1), (sl, sa, sb) = c.tolist(), s.colour.tolist(), cfg.colour_sd
+        odd = ((l0 - l1) / sl) ** 2 + ((a0 - a1) / sa) ** 2 + ((b0 - b1) / sb) ** 2 > cfg.colour_cap
         if odd and s.colour_n >= cfg.colour_min_obs:
             return
         s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
@@ -497,7 +548,7 @@ class FloorTracker:
         self._next += 1
         m = np.array([mm.floor[0], mm.floor[1], 0.0, 0.0, self.cfg.head_height_m])
         P = np.zeros((5, 5))
-        P[np.ix_(_POS, _POS)] = mm.init_P
+        P[np.ix_(_POS, _POS)] = self._init_P(mm)
         P[2, 2] = P[3, 3] = 1.0
         s = ShopperInfo(sid, ts, origin, t=ts, seen=ts, m=m, P=P)
         self.info.append(s)

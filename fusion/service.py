@@ -113,6 +113,9 @@ class ServiceSettings:
     trajectory_flush_s: float = 1.0
     retention_days: float = 30.0  # trajectories and device events
     relaxed_tracks: bool = True  # track messages commit without fsync (see the module docstring)
+    # track frames and watermark heartbeats go into the inbox (so a restart rebuilds the floor from them); a
+    # replay turns it off: its input is a recording, and a replay that dies is run again from it
+    inbox_relaxed: bool = True
     create_accounts: bool = False  # demo and simulator: unknown accounts get a paying card at entry
 
 
@@ -273,6 +276,8 @@ class FusionService:
         # a shelf gateway's watermark heartbeat (a status with a watermark and no counters, several a second)
         # is like a track frame: in the inbox, not a device event, and a lost one is made good by the next
         beat = isinstance(msg, StatusMsg) and msg.watermark is not None and not msg.counters
+        if (info.kind is Kind.TRACKS or beat) and not self.settings.inbox_relaxed:
+            return self._last_pos  # fed to the engine without an inbox row (a replay's setting)
         durable = (info.kind is not Kind.TRACKS and not beat) or not self.settings.relaxed_tracks
         self._set_durability(durable)
         source, seq, ts = msg.source, msg.seq, float(msg.ts)  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@
 Steps (``--steps`` picks a subset, in this order):
 
 1. ``data``      simulator frames -> YOLO pose dataset under ``OUT/data`` (skipped when the same plan exists);
-2. ``train``     ``YOLO("yolov8n-pose.yaml")`` from scratch (no pretrained weights), offline, checkpoint every
+2. ``train``     ``YOLO("yolov8n-pose.yaml")`` from scratch (no pretrained weights), or fine-tuned from an
+                 exported model of ours (``--init-onnx``, see ``models/from_onnx.py``), offline, checkpoint every
                  epoch under ``OUT/train/weights`` (``--resume`` continues from ``last.pt``);
 3. ``export``    ``best.pt`` -> ``OUT/person_pose.onnx`` (dynamic batch, fixed input size, onnxslim);
 4. ``quantize``  static INT8 QDQ -> ``OUT/person_pose_int8.onnx`` (see ``models/quantize.py``);
@@ -100,13 +101,23 @@ def step_train(args, out: Path) -> Path:
         YOLO(str(last)).train(resume=True, device=device, workers=0)
     else:
         (out / "train_command.txt").write_text(args.command_line + "\n")
+        pretrained: bool | str = False
+        if args.init_onnx:
+            from models.from_onnx import write_checkpoint
+
+            frames = sorted((out / "data" / "images" / "train").glob("*.jpg"))
+            frames = frames[:: max(1, len(frames) // args.calib)][: args.calib]
+            pretrained = str(write_checkpoint(args.init_onnx, frames, out / "init_from_onnx.pt", args.imgsz))
+            log.info("fine-tuning from %s (unfused into %s)", args.init_onnx, pretrained)
         model = YOLO("yolov8n-pose.yaml")
         model.train(
             data=str(out / "data" / "data.yaml"), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-            device=device, workers=0, amp=False, plots=False, pretrained=False, project=str(out.resolve()),
+            device=device, workers=0, amp=False, plots=False, pretrained=pretrained, project=str(out.resolve()),
             name="train", exist_ok=True, save_period=1, seed=0, deterministic=False, patience=args.patience,
             cache=args.cache, fliplr=0.5, flipud=0.0, degrees=0.0, scale=0.3, mosaic=1.0,
-            close_mosaic=args.close_mosaic,
+            close_mosaic=args.close_mosaic, time=args.time_hours, warmup_epochs=args.warmup_epochs,
+            # from scratch the biases warm up from a high rate (ultralytics' default 0.1); fine-tuning, from 0
+            warmup_bias_lr=0.0 if args.init_onnx else 0.1,
             verbose=True,
         )
     best = weights / "best.pt"
@@ -196,6 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed0", type=int, default=1)
     p.add_argument("--frames-per-seed", type=int, default=40, help="frames taken from one simulated world")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--time-hours", type=float, default=None,
+                   help="train for this long instead of --epochs (ultralytics re-plans the epochs after the first)")
+    p.add_argument("--warmup-epochs", type=float, default=3.0)
+    p.add_argument("--init-onnx", type=Path, default=None,
+                   help="fine-tune from this exported model (e.g. models/person_pose.onnx) instead of from scratch; "
+                        "see models/from_onnx.py")
     p.add_argument("--patience", type=int, default=100)
     p.add_argument("--close-mosaic", type=int, default=10)
     p.add_argument("--cache", choices=("ram", "disk", "false"), default="ram")

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-import yaml
 from mcap.reader import make_reader
 from mcap.writer import CompressionType, Writer
 
 from calibration.camera import Camera, CameraFile
-from calibration.config import validate
+from calibration.config import load_yaml_fast, validate
 from calibration.markers import MarkerLayout
 from calibration.store import Store, store_from_dict
 from wire.codec import WireError, decode, encode
@@ -175,21 +174,21 @@ class Session:
         self.path = path
         self.attachments = attachments
         self.metadata = metadata
-        store_data = yaml.safe_load(attachments["store.yaml"])
+        store_data = load_yaml_fast(attachments["store.yaml"])
         self.store: Store = store_from_dict(store_data, f"{path}!store.yaml")
         self.cameras: dict[str, Camera] = {}
         for ref in self.store.cameras:
             name = ref.file
             if name not in attachments:
                 raise ValueError(f"{path}: camera file {name!r} is not attached")
-            f = validate(CameraFile, yaml.safe_load(attachments[name]), f"{path}!{name}")
+            f = validate(CameraFile, load_yaml_fast(attachments[name]), f"{path}!{name}")
             cam = Camera.from_pose(f.id, f.model, f.image_size, f.K, f.dist, f.pose.rvec, f.pose.tvec, fps=f.fps)
             self.cameras[ref.id] = cam
         self.markers: MarkerLayout | None = None
         if "markers.yaml" in attachments:
-            self.markers = validate(MarkerLayout, yaml.safe_load(attachments["markers.yaml"]),
+            self.markers = validate(MarkerLayout, load_yaml_fast(attachments["markers.yaml"]),
                                     f"{path}!markers.yaml")
-        self.scenario: dict = yaml.safe_load(attachments.get("scenario.yaml", b"{}")) or {}
+        self.scenario: dict = load_yaml_fast(attachments.get("scenario.yaml", b"{}")) or {}
         beside = path.parent / "truth.json"
         if beside.is_file():
             self.truth: dict = json.loads(beside.read_text())

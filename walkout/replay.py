@@ -20,7 +20,9 @@ detection-level recording (an MCAP of recorded topics, e.g. from ``walkout recor
 
 3. into the real fusion process (:class:`fusion.service.FusionService`: its database -- SQLite in the run
    folder, or the ``db`` URL -- the ledger payment gateway and the transport), which publishes carts and
-   receipts; a recorder client keeps every receipt with the wall time it arrived;
+   receipts; a recorder client keeps every receipt with the wall time it arrived.  Track frames skip
+   fusion's inbox (``ServiceSettings.inbox_relaxed``): the recording is the replay's inbox, and a replay that
+   dies is run again from it;
 
 4. and writes the run folder:
 
@@ -62,9 +64,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
+from calibration.config import load_yaml_fast
 from calibration.store import Store, store_from_dict
 from fusion import store_db
 from fusion.config import FusionConfig
@@ -167,7 +169,7 @@ def open_source(path: str | Path) -> Source:
                       (start, start + float(session.metadata.get("duration_s", "0"))))
     if "store.yaml" not in atts:
         raise ReplayError(f"{mcap}: neither a simulator session nor a recording with a store.yaml attachment")
-    store = store_from_dict(yaml.safe_load(atts["store.yaml"]), f"{mcap}!store.yaml")
+    store = store_from_dict(load_yaml_fast(atts["store.yaml"]), f"{mcap}!store.yaml")
     rec = meta.get("walkout.recording", {})
     span = None
     if "start" in rec and "end" in rec:
@@ -524,7 +526,7 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
     ft, pub, rt, bus_desc = _transports(store_id, opts, run_tag)
     info["transport"] = bus_desc
     fusion = ReplayFusion(store, db, ft, payments, opts.fusion_config,
-                          ServiceSettings(device="fusion", create_accounts=True), floor_hz=opts.floor_hz,
+                          ServiceSettings(device="fusion", create_accounts=True, inbox_relaxed=False), floor_hz=opts.floor_hz,
                           span=src.span)
     recorder = ReceiptRecorder(rt)
     writer = RunWriter(run_dir)
