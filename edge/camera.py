@@ -125,7 +125,8 @@ class FastRayCamera(Camera):
         return fast
 
     def pixel_to_ray(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        uv = np.asarray(uv, float).reshape(-1, 2)
+        # contiguous: cv2.fisheye.undistortPoints reads a strided view (a column slice) as if it were packed
+        uv = np.ascontiguousarray(uv, float).reshape(-1, 2)
         if len(uv) == 0:
             return super().pixel_to_ray(uv)
         pts = uv.reshape(-1, 1, 2)

@@ -407,6 +407,10 @@ def test_fast_rays_match_the_exact_camera_model(store, cam_id: str) -> None:
     (o1, d1), (o2, d2) = exact.pixel_to_ray(uv), fast.pixel_to_ray(uv)
     assert np.allclose(o1, o2)
     assert np.arccos(np.clip((d1 * d2).sum(axis=1), -1, 1)).max() < 1e-6
+    # a strided view (pixel columns sliced out of a wider table) gives the same rays as a packed copy
+    table = np.column_stack([np.arange(len(uv)), uv, np.ones(len(uv))])
+    _, d3 = fast.pixel_to_ray(table[:, 1:3])
+    np.testing.assert_allclose(d3, d2, atol=1e-12)
 
 
 def test_fast_rays_fall_back_to_the_exact_model_where_opencv_differs(store) -> None:
