@@ -18,7 +18,7 @@ Message contract (``walkout/v1/{store}/camera/{camera}/tracks``):
   while they coast), each with its box (filtered, clipped to the image), confidence, floor position and
   covariance from the ray through the head keypoint (box centre when the head is not seen; see
   :mod:`edge.projection`), and the head and wrists as pixel, confidence and ray in the store frame when their
-  confidence is at least ``min_keypoint_conf``.  A track whose ray misses the floor is left out and counted.
+  confidence is at least ``min_keypoint_conf`` (a head the projection found at odds with its box is left out).  A track whose ray misses the floor is left out and counted.
 
 The detector is anything with ``detect(images) -> list[Detections]`` and ``keypoint_names`` (see
 :class:`edge.detector.Detector`); :meth:`CameraPipeline.process_detections` takes detections made elsewhere
@@ -145,6 +145,7 @@ class PipelineCounters:
     """Totals of a pipeline: ``frames`` processed (with an image), ``dropped`` (lost or unusable),
     ``detections``, ``tracks`` (tracks published, summed over messages), ``messages`` built, ``published``
     (handed to the transport by :func:`run`), ``unprojected`` (tracks left out: ray missed the floor),
+    ``odd_heads`` (head keypoints not used: far from their box on the floor, see :mod:`edge.projection`),
     ``invalid`` (tracks or messages that failed the wire's validation), ``stale`` (frames older than one
     already processed, ignored), ``unknown_camera`` (frames of a camera this pipeline does not serve)."""
 
@@ -155,6 +156,7 @@ class PipelineCounters:
     messages: int = 0
     published: int = 0
     unprojected: int = 0
+    odd_heads: int = 0
     invalid: int = 0
     stale: int = 0
     unknown_camera: int = 0
@@ -342,11 +344,19 @@ class CameraPipeline:
                 for i, (j, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
                     kp_rows.setdefault(named[c][0], [None] * m)[j] = (px[i], conf[i], origins[i].tolist(),
                                                                        dirs[i].tolist())
-        t1 = time.perf_counter()
-        self.times.project += t1 - t0
         heads_px = None
         if head is not None:
-            heads_px = np.where((head[:, 2] >= self.min_keypoint_conf)[:, None], head[:, :2], np.nan)
+            seen = head[:, 2] >= self.min_keypoint_conf
+            if proj.head is not None:  # a head the projection found at odds with its box: not published
+                odd = seen & (head[:, 2] >= self.projection_config.min_head_conf) & ~proj.head
+                seen &= ~odd
+                for j in np.flatnonzero(odd).tolist():
+                    if "head" in kp_rows:
+                        kp_rows["head"][j] = None
+                self.counters.odd_heads += int(odd.sum())
+            heads_px = np.where(seen[:, None], head[:, :2], np.nan)
+        t1 = time.perf_counter()
+        self.times.project += t1 - t0
         colours = torso_colours(image, boxes, heads_px).round(1).tolist()  # NaN rows: not measured (or no image)
         t2 = time.perf_counter()
         self.times.colour += t2 - t1

@@ -57,3 +57,35 @@ def test_wrist_rays_pass_through_the_wrist():
     o, d = keypoint_rays(cam, uv)
     s = np.linalg.norm(w - o, axis=1)
     np.testing.assert_allclose(o + d * s[:, None], w, atol=1e-6)
+
+
+def _lying_person(cam: Camera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box (1, 4) and the pixels of the feet, hips and head (3, 2) of an upright person at ``xy``."""
+    uv, ok = cam.project(np.array([[*xy, z] for z in (0.1, 0.9, ProjectionConfig.head_height_m)]))
+    assert ok.all()
+    return np.r_[uv.min(0) - 5, uv.max(0) + 5][None], uv
+
+
+@pytest.mark.parametrize("offset", [(3.5, 1.0), (-2.0, 2.8), (-3.3, -0.8)])
+def test_a_fisheye_head_at_the_feet_end_is_not_used(offset):
+    """Near a fisheye's rim a person lies across the image; a head keypoint put at the feet's end would land
+    metres off at head height.  It disagrees with the box, so the box's floor point is used instead."""
+    cam = CAMS[1]
+    xy = cam.position[:2] + np.array(offset)
+    box, uv = _lying_person(cam, xy)
+    right = floor_positions(cam, box, np.c_[uv[2:], [1.0]])
+    wrong = floor_positions(cam, box, np.c_[uv[:1], [1.0]])
+    unchecked = floor_positions(cam, box, np.c_[uv[:1], [1.0]], ProjectionConfig(head_box_max_m=()))
+    assert right.head.tolist() == [True] and wrong.head.tolist() == [False]
+    np.testing.assert_allclose(right.floor[0], xy, atol=1e-6)
+    assert np.hypot(*(wrong.floor[0] - xy)) < 0.6
+    assert np.hypot(*(unchecked.floor[0] - xy)) > 1.5
+    assert wrong.cov[0, 0] > right.cov[0, 0]
+
+
+def test_pinhole_heads_are_not_checked_against_the_box():
+    """An oblique pinhole view spreads a box along the line of sight (true heads are up to 2 m from the box
+    centre's floor point), so no check applies there."""
+    cam = CAMS[0]
+    box, uv = _lying_person(cam, np.array([5.5, 5.0]))
+    assert floor_positions(cam, box, np.c_[uv[:1], [1.0]]).head.tolist() == [True]
