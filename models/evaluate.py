@@ -289,6 +289,9 @@ def write_card(path: Path, metrics: dict, manifest: dict) -> None:
     if isinstance(done, int) and isinstance(planned, int) and done < planned:
         status = (f"\n**Status: an early checkpoint — epoch {done} of the {planned} the training command plans.** "
                   "The figures below are this checkpoint's; the full run's model replaces it.\n")
+    origin = ("trained **from scratch** (no pretrained weights)" if "--init-onnx" not in metrics.get("command", "")
+              else "**fine-tuned** (`--init-onnx`, `models/from_onnx.py`) from the model this card described before, "
+                   "itself trained from scratch (no pretrained weights at any stage)")
     text = f"""# person_pose — person detector with head and wrist keypoints
 {status}
 `person_pose.onnx` (FP32) and `person_pose_int8.onnx` (INT8, static QDQ) find people in ceiling-camera frames
@@ -296,8 +299,8 @@ and three keypoints per person: **head** (centre of the head), **left wrist**, *
 pipeline runs them with `edge/detector.py` (ONNX Runtime; no torch, no ultralytics at run time).
 
 ## Model
-- Architecture: YOLOv8n-pose (ultralytics `yolov8n-pose.yaml`), trained **from scratch** (no pretrained
-  weights), one class `person`, `kpt_shape: [3, 3]` (x, y, visibility), `flip_idx: [0, 2, 1]`.
+- Architecture: YOLOv8n-pose (ultralytics `yolov8n-pose.yaml`), {origin}, one class `person`,
+  `kpt_shape: [3, 3]` (x, y, visibility), `flip_idx: [0, 2, 1]`.
 - Input: {a.get('imgsz', '?')}x{a.get('imgsz', '?')} RGB, letterboxed (pad 114), 0–1; dynamic batch.
 - Output: `(B, 14, A)` = `cx cy w h score (x y v) x 3` per anchor, in input pixels (ultralytics pose head;
   `edge/detector.py` decodes it, runs NMS and maps boxes and keypoints back to the frame).

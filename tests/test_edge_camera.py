@@ -310,6 +310,25 @@ def test_floor_and_rays_of_a_synthetic_person(store) -> None:
     assert np.linalg.norm(p - (p @ d) * d) < 1e-3
 
 
+@pytest.mark.parametrize("head_at_feet", [False, True])
+def test_a_fisheye_head_at_odds_with_the_box_is_not_published(store, head_at_feet: bool) -> None:
+    """A person far out in a fisheye's view: a head keypoint put at the feet's end (as a detector does near the
+    rim) is counted and not published, and the floor comes from the box; a right one is used as usual."""
+    pipe = CameraPipeline(store, ["cam5"], None)
+    cam = pipe._state["cam5"].camera
+    assert cam.model == "fisheye"
+    x, y = cam.position[0] - 2.4, cam.position[1] - 2.0
+    box, kps = person(cam, x, y)
+    if head_at_feet:
+        kps[0, :2] = cam.project(np.array([[x, y, 0.0]]))[0][0]
+    msgs = [pipe.process_detections([frame("cam5", k)], [dets_of([(box, kps)])])[0] for k in range(3)]
+    t = msgs[-1].tracks[0]
+    assert (t.head is None) == head_at_feet
+    assert pipe.counters.odd_heads == (3 if head_at_feet else 0)
+    assert t.floor == pytest.approx((x, y), abs=1e-3 if not head_at_feet else 0.6)
+    assert t.lwrist is not None
+
+
 def test_dropped_frames_are_counted_from_gaps_and_unusable_frames(store) -> None:
     pipe = CameraPipeline(store, ["cam1", "cam2"], None)
     c1 = pipe._state["cam1"].camera
