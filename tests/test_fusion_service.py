@@ -34,7 +34,15 @@ from tests.helpers_fusion_service import (
 )
 from wire.bus import InProcessBus
 from wire.entry_codes import issue
-from wire.messages import AccountStatusMsg, CartSnapshotMsg, GateEntryMsg, ReceiptMsg, StatusMsg, TracksMsg
+from wire.messages import (
+    AccountStatusMsg,
+    CartSnapshotMsg,
+    GateEntryMsg,
+    ReceiptMsg,
+    ShelfEventMsg,
+    StatusMsg,
+    TracksMsg,
+)
 from wire.topics import Kind, TopicInfo
 
 STORE_ID = "t1"
@@ -371,6 +379,22 @@ def test_watermark_heartbeats_go_to_the_inbox_not_to_device_events(sqlite_db: Da
         events = conn.execute(sa.text("SELECT seq FROM device_events WHERE source = 'shelf-x'")).scalars().all()
     assert events == [4]
     assert run.service.engine.shelf_marks["shelf-x"][0] >= T0 + 0.75
+
+
+@pytest.mark.parametrize("inbox_relaxed", [True, False])
+def test_a_replay_keeps_track_frames_out_of_the_inbox_with_the_same_receipts(sqlite_db: Database,
+                                                                             inbox_relaxed: bool) -> None:
+    """``inbox_relaxed=False`` (what a replay sets): track frames reach the engine without an inbox row; gate
+    scans and shelf events still commit there first; the receipts are the same."""
+    run = Run(sqlite_db, settings=ServiceSettings(snapshot_every_s=1e9, inbox_relaxed=inbox_relaxed))
+    msgs = _scene()
+    run.feed(msgs)
+    with sqlite_db.read() as conn:
+        kinds = Counter(conn.execute(sa.select(inbox.c.kind)).scalars().all())
+    n_tracks = sum(isinstance(m, TracksMsg) for m in msgs)
+    assert kinds[Kind.TRACKS.value] == (n_tracks if inbox_relaxed else 0)
+    assert kinds[Kind.SHELF_EVENTS.value] == sum(isinstance(m, ShelfEventMsg) for m in msgs) > 0
+    assert receipts_by_account(sqlite_db) == clean_receipts()
 
 
 # ------------------------------------------------------------------------------------------- tables, config
