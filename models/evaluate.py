@@ -286,6 +286,8 @@ def write_card(path: Path, metrics: dict, manifest: dict) -> None:
     px = lambda v: "–" if v is None else f"{v:.1f}"
     done, planned = tr.get("epochs_done"), a.get("epochs")
     status = ""
+    if a.get("time"):  # a time budget: ultralytics re-plans the epochs to fit it, so what was done is the plan
+        planned = done
     if isinstance(done, int) and isinstance(planned, int) and done < planned:
         status = (f"\n**Status: an early checkpoint — epoch {done} of the {planned} the training command plans.** "
                   "The figures below are this checkpoint's; the full run's model replaces it.\n")
@@ -324,7 +326,8 @@ visible part of the person, keypoints with visibility 0 (outside the frame / not
 {metrics.get('command', 'python -m models.train')}
 ```
 (from the repository root with the `train` extra installed: `pip install -e .[train]`; `--resume` continues an
-interrupted run from its last checkpoint). Epochs: {planned} planned, {done if done is not None else '?'} done;
+interrupted run from its last checkpoint). Epochs: {planned} planned, {done if done is not None else '?'} done{
+f" (a {a['time']} h budget)" if a.get('time') else ''};
 batch {a.get('batch')}; device `{a.get('device')}`; optimizer `{a.get('optimizer')}` (ultralytics picks AdamW
 for runs under 10k iterations); mosaic {a.get('mosaic')} (off for the last {a.get('close_mosaic')} epochs),
 scale 0.3, HSV jitter, left-right flips {a.get('fliplr')} with the wrists swapped, no up-down flips. Offline:

@@ -190,7 +190,7 @@ def training_summary(out: Path) -> dict:
 
         a = yaml.safe_load(args_yaml.read_text())
         summary["args"] = {k: a.get(k) for k in ("epochs", "imgsz", "batch", "device", "model", "optimizer",
-                                                 "lr0", "mosaic", "fliplr", "close_mosaic")}
+                                                 "lr0", "mosaic", "fliplr", "close_mosaic", "time")}
     return summary
 
 
