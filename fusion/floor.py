@@ -194,6 +194,8 @@ class FloorTracker:
 
     # ------------------------------------------------------------------------------------------- filter
     def _F_Q(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """The motion model over ``dt`` as matrices: the reference that :meth:`_predicted` and
+        :meth:`_kalman`, which write it out for speed, are tested against."""
         F = np.eye(5)
         F[0, 2] = F[1, 3] = dt
         q = self.cfg.process_noise ** 2
