@@ -18,7 +18,8 @@ Message contract (``walkout/v1/{store}/camera/{camera}/tracks``):
   while they coast), each with its box (filtered, clipped to the image), confidence, floor position and
   covariance from the ray through the head keypoint (box centre when the head is not seen; see
   :mod:`edge.projection`), and the head and wrists as pixel, confidence and ray in the store frame when their
-  confidence is at least ``min_keypoint_conf`` (a head the projection found at odds with its box is left out).  A track whose ray misses the floor is left out and counted.
+  confidence is at least ``min_keypoint_conf`` (a head the projection found at odds with its box is left out).
+  A track whose ray misses the floor is left out and counted.
 
 The detector is anything with ``detect(images) -> list[Detections]`` and ``keypoint_names`` (see
 :class:`edge.detector.Detector`); :meth:`CameraPipeline.process_detections` takes detections made elsewhere
@@ -350,9 +351,9 @@ class CameraPipeline:
             if proj.head is not None:  # a head the projection found at odds with its box: not published
                 odd = seen & (head[:, 2] >= self.projection_config.min_head_conf) & ~proj.head
                 seen &= ~odd
-                for j in np.flatnonzero(odd).tolist():
-                    if "head" in kp_rows:
-                        kp_rows["head"][j] = None
+                published = kp_rows.get("head")
+                for j in np.flatnonzero(odd).tolist() if published else ():
+                    published[j] = None
                 self.counters.odd_heads += int(odd.sum())
             heads_px = np.where(seen[:, None], head[:, :2], np.nan)
         t1 = time.perf_counter()

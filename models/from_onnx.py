@@ -29,18 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def letterboxed(paths: Sequence[Path], size: int) -> np.ndarray:
-    """Frames as the network's input: (N, 3, size, size) float32 RGB 0..1, letterboxed with 114 like training."""
-    out = np.full((len(paths), size, size, 3), 114, np.uint8)
-    for k, p in enumerate(paths):
-        img = cv2.imread(str(p))
-        if img is None:
-            raise ValueError(f"{p}: not an image")
-        h, w = img.shape[:2]
-        r = min(size / h, size / w)
-        nh, nw = round(h * r), round(w * r)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out[k, top:top + nh, left:left + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(out[..., ::-1].transpose(0, 3, 1, 2)).astype(np.float32) / 255.0
+    """Frames as the network's input, (N, 3, size, size): the runtime's own letterbox (``make_blob``)."""
+    from edge.detector import make_blob
+
+    frames = [cv2.imread(str(p)) for p in paths]
+    bad = [str(p) for p, f in zip(paths, frames, strict=True) if f is None]
+    if bad:
+        raise ValueError(f"not images: {bad[:3]}")
+    return make_blob(frames, (size, size))[0]
 
 
 def unfused_model(onnx_path: Path, frames: np.ndarray, kpt_shape: tuple[int, int] = (3, 3), nc: int = 1,
