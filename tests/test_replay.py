@@ -153,6 +153,25 @@ def test_onnx_chain_on_the_smoke_session(tmp_path: Path) -> None:
     assert m["visits_with_receipt"] == m["visits"] == 2
 
 
+@pytest.mark.mosquitto
+def test_a_second_replay_on_a_shared_broker_ignores_the_first_ones_leftovers(
+        smoke_run: Path, tmp_path: Path, mqtt_broker: tuple[str, int], store_id: str) -> None:
+    """Replaying a session twice through one broker under one store id: the first run leaves retained
+    messages behind (its shelf gateway's last heartbeat, at the session's end); the second's fusion takes them
+    for what they are -- not its input -- so its event clock does not start at the session's end and each
+    visit settles when it did in process, not at the end (`make demo` run twice)."""
+    opts = ReplayOptions(store_id=store_id, broker=mqtt_broker)
+    replay(SESSIONS / "smoke", tmp_path / "first", opts)
+    second = replay(SESSIONS / "smoke", tmp_path / "second", opts)
+    assert second.summary["ignored_retained"] >= 1
+
+    def settled(run: Path) -> list[tuple[str, float]]:
+        return sorted((r["visit"], r["settled_at"]) for r in read_jsonl(run / "receipt_times.jsonl"))
+
+    assert settled(tmp_path / "second") == settled(smoke_run)
+    assert (tmp_path / "second" / "receipts.jsonl").read_text() == (smoke_run / "receipts.jsonl").read_text()
+
+
 @pytest.mark.postgres
 def test_replay_into_postgresql_gives_the_sqlite_receipts(smoke_run: Path, tmp_path: Path, pg_url: str,
                                                           pg_run_prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""The in-process bus behaves like the MQTT transport: one scenario (retained messages, duplicates,
+"""The in-process bus behaves like the MQTT transport: one scenario (retained messages and their flag, duplicates,
 malformed payloads, a failing handler and its redelivery after a reconnect, a clean stop) runs on the bus,
 on Mosquitto over MQTT 5 and over MQTT 3.1.1, and the handlers see the same calls and the counters agree."""
 
@@ -61,8 +61,10 @@ def scenario(env: Any, store: str) -> tuple[list[tuple], dict[str, int], dict[st
 
     sub = env.client("fusion", "fusion")
     sub.subscribe(Kind.SHELF_EVENTS, on_event)
-    sub.subscribe(Kind.CART, lambda info, m: calls.append(("cart", info.key, m.total)))
-    sub.subscribe(Kind.STATUS, lambda info, m: calls.append(("status", info.key, m.state)), key="shelf1")
+    # retained messages are marked as such only when they come from the broker's store (a new subscription)
+    sub.subscribe(Kind.CART, lambda info, m: calls.append(("cart", info.key, m.total, info.retained)))
+    sub.subscribe(Kind.STATUS, lambda info, m: calls.append(("status", info.key, m.state, info.retained)),
+                  key="shelf1")
 
     pub = env.client("shelf1", "shelf")
     pub.start()  # retained "online"
@@ -94,14 +96,14 @@ def scenario(env: Any, store: str) -> tuple[list[tuple], dict[str, int], dict[st
 
 
 EXPECTED_CALLS = [
-    ("cart", "v1", 250),
-    ("status", "shelf1", "online"),  # retained, in subscription order
+    ("cart", "v1", 250, True),
+    ("status", "shelf1", "online", True),  # retained, in subscription order
     ("event", "shelf1", "e0"),
     ("event", "shelf1", "e1"),
     ("event", "shelf1", "e3"),
     ("event", "shelf1", "e2"),  # redelivered after the reconnect
-    ("cart", "v1", 300),
-    ("status", "shelf1", "stopped"),
+    ("cart", "v1", 300, False),  # published to a retained topic, delivered live
+    ("status", "shelf1", "stopped", False),
 ]
 # received: cart, status, 4 events, duplicate, truncated, wrong shelf, redelivered e2, cart, stopped = 12
 EXPECTED_SUB = {

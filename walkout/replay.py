@@ -297,9 +297,11 @@ def merged(feeds: Iterable[Feed]) -> Feed:
 # ------------------------------------------------------------------------------------------------ fusion
 class ReplayFusion(FusionService):
     """The fusion service as a replay runs it: it also samples the fused shoppers' floor positions (for the
-    evaluation), ignores status messages from outside the replayed time span (retained leftovers of earlier
-    live runs on a shared broker: their wall-clock time would drag the event clock away), and can be told
-    the input ended."""
+    evaluation), ignores what is not the replay's input -- messages the broker delivers from its retained
+    store (leftovers of earlier runs or live devices on a shared broker: an earlier replay's last heartbeat
+    would move the event clock to that session's end before this one starts) and status messages from outside
+    the replayed time span (transports' own statuses, stamped with the wall clock) -- and can be told the
+    input ended."""
 
     def __init__(self, *args: Any, floor_hz: float = 10.0, span: tuple[float, float] | None = None,
                  **kwargs: Any):
@@ -310,9 +312,13 @@ class ReplayFusion(FusionService):
         self._bucket: dict[str, int] = {}
         self._sampled = -1  # the last bucket sampled (all cameras' messages of one instant sample once)
         self.ignored_status = 0
+        self.ignored_retained = 0
         self.engine.forgotten = []  # visits.jsonl lists every visit, also those fusion let go of
 
     def handle(self, info: TopicInfo, msg: BaseModel) -> None:
+        if info.retained:
+            self.ignored_retained += 1
+            return
         if isinstance(msg, StatusMsg) and self.span is not None:
             lo, hi = self.span
             if not lo - 300.0 <= msg.ts <= hi + 300.0:
@@ -582,7 +588,8 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
     info.update({
         "t0": t0, "w0": w0, "published": n_pub, "messages": writer.counts, "wall_s": round(wall, 3),
         "t_end_wall": t_end_wall, "receipts": len(receipts), "fusion_counters": fusion.status_counters(),
-        "ignored_status": fusion.ignored_status, "db": db.url.render_as_string(hide_password=True),
+        "ignored_status": fusion.ignored_status,
+        "ignored_retained": fusion.ignored_retained, "db": db.url.render_as_string(hide_password=True),
     })
     (run_dir / "run.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=_json_default) + "\n")
     db.dispose()

@@ -42,6 +42,7 @@ class _Msg:
     topic: str
     payload: bytes
     qos: int
+    retained: bool = False  # a retained message queued for a new subscription
 
 
 @dataclass
@@ -113,7 +114,7 @@ class InProcessBus:
         for name, payload in self._retained.items():
             info = parse_topic(name)
             if sub.matches(info):
-                session.queue.append(_Msg(name, payload, 1))
+                session.queue.append(_Msg(name, payload, 1, retained=True))
 
     def _subscribe_live(self, client_id: str, sub: Subscription) -> None:
         with self._lock:
@@ -164,7 +165,7 @@ class InProcessBus:
     def _deliver(self, session: _Session) -> None:
         while session.queue and session.client is not None:
             msg = session.queue.popleft()
-            if not session.client._dispatcher.handle(msg.topic, msg.payload):
+            if not session.client._dispatcher.handle(msg.topic, msg.payload, msg.retained):
                 session.unacked.append(msg)
 
 

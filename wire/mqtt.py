@@ -78,6 +78,7 @@ class _Arrival:
     payload: bytes
     mid: int
     qos: int
+    retained: bool = False  # sent from the broker's retained store (a new subscription's first delivery)
 
 
 class _InFlight:
@@ -424,7 +425,8 @@ class MqttTransport(Transport):
             name: str | None = message.topic
         except UnicodeDecodeError:
             name = None
-        self._inbox.put(_Arrival(self._generation, name, message.payload, message.mid, message.qos))
+        self._inbox.put(_Arrival(self._generation, name, message.payload, message.mid, message.qos,
+                                  bool(message.retain)))
 
     def _run_delivery(self) -> None:
         """Delivery thread: each arrival through the dispatcher, then acknowledge it or, if its handler
@@ -435,7 +437,7 @@ class MqttTransport(Transport):
             except queue.Empty:
                 arrival = None
             if arrival is not None:
-                if self._dispatcher.handle(arrival.topic, arrival.payload):
+                if self._dispatcher.handle(arrival.topic, arrival.payload, arrival.retained):
                     self._ack(arrival)
                 else:
                     self._schedule_redelivery()

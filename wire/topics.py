@@ -95,6 +95,7 @@ class TopicInfo:
     kind: Kind
     store: str
     key: str  # camera, shelf, gate, device or visit id
+    retained: bool = False  # delivered from the broker's retained store: published before this subscription
 
     @property
     def spec(self) -> TopicSpec:

@@ -33,7 +33,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel
 
@@ -226,8 +226,9 @@ class Dispatcher:
         with self._lock:
             return list(self._subs)
 
-    def handle(self, topic_name: str | None, payload: bytes) -> bool:
-        """Process one arrival; True: acknowledge it (handled, duplicate or invalid), False: do not."""
+    def handle(self, topic_name: str | None, payload: bytes, retained: bool = False) -> bool:
+        """Process one arrival; True: acknowledge it (handled, duplicate or invalid), False: do not.
+        ``retained``: the broker sent it from its retained store (the handlers see ``info.retained``)."""
         self.counters.add("received")
         if topic_name is None:
             self.counters.add("rejected")
@@ -239,6 +240,8 @@ class Dispatcher:
             self.counters.add("rejected")
             self._log.warning(f"rejected:{topic_name}", "%s: rejected %s", self.name, exc)
             return True
+        if retained:
+            info = replace(info, retained=True)
         handlers = [s.handler for s in self.subscriptions() if s.matches(info)]
         if not handlers:
             self.counters.add("failed")
