@@ -263,8 +263,35 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def write_card(path: Path, metrics: dict, manifest: dict) -> None:
-    """Write the model card (Markdown) from the metrics and the dataset manifest."""
+def history_entry(metrics: dict, manifest: dict, date: str) -> dict:
+    """This run as a row of ``models/history.json``: each training run that led to the committed model."""
+    tr = metrics.get("training", {})
+    a = tr.get("args", {})
+    seeds = manifest.get("splits", {}).get("train", {}).get("seeds") or []
+    hours = a.get("time")
+    return {"date": date, "origin": "fine-tuned" if "--init-onnx" in metrics.get("command", "") else "from scratch",
+            "command": metrics.get("command", ""), "train_images": manifest.get("splits", {}).get("train", {}).get(
+                "images"), "train_seeds": f"{min(seeds)}-{max(seeds)}" if seeds else None,
+            "epochs": tr.get("epochs_done"), "hours": hours,
+            "box_map50": metrics.get("fp32", {}).get("box_map50"),
+            "box_map50_int8": metrics.get("int8", {}).get("box_map50"),
+            "wrist_within_10px": metrics.get("fp32", {}).get("wrist_within_10px")}
+
+
+def history_table(history: list[dict]) -> str:
+    """The card's History section: one row per training run, oldest first."""
+    rows = ["| date | from | train frames (seeds) | epochs | hours | box mAP50 FP32 / INT8 | wrists within 10 px |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for h in history:
+        rows.append(f"| {h.get('date')} | {h.get('origin')} | {h.get('train_images')} ({h.get('train_seeds')}) | "
+                    f"{h.get('epochs')} | {h.get('hours') if h.get('hours') is not None else '–'} | "
+                    f"{_pct(h.get('box_map50'))} / {_pct(h.get('box_map50_int8'))} | "
+                    f"{_pct(h.get('wrist_within_10px'))} |")
+    return "\n".join(rows)
+
+
+def write_card(path: Path, metrics: dict, manifest: dict, history: list[dict] | None = None) -> None:
+    """Write the model card (Markdown) from the metrics, the dataset manifest and the training history."""
     tr = metrics.get("training", {})
     a = tr.get("args", {})
     f, q = metrics.get("fp32", {}), metrics.get("int8", {})
@@ -292,8 +319,8 @@ def write_card(path: Path, metrics: dict, manifest: dict) -> None:
         status = (f"\n**Status: an early checkpoint — epoch {done} of the {planned} the training command plans.** "
                   "The figures below are this checkpoint's; the full run's model replaces it.\n")
     origin = ("trained **from scratch** (no pretrained weights)" if "--init-onnx" not in metrics.get("command", "")
-              else "**fine-tuned** (`--init-onnx`, `models/from_onnx.py`) from the model this card described before, "
-                   "itself trained from scratch (no pretrained weights at any stage)")
+              else "**fine-tuned** (`--init-onnx`, `models/from_onnx.py`) from the model this card described before "
+                   "(the runs that led here: History below; no pretrained weights at any stage)")
     text = f"""# person_pose — person detector with head and wrist keypoints
 {status}
 `person_pose.onnx` (FP32) and `person_pose_int8.onnx` (INT8, static QDQ) find people in ceiling-camera frames
@@ -332,6 +359,12 @@ batch {a.get('batch')}; device `{a.get('device')}`; optimizer `{a.get('optimizer
 for runs under 10k iterations); mosaic {a.get('mosaic')} (off for the last {a.get('close_mosaic')} epochs),
 scale 0.3, HSV jitter, left-right flips {a.get('fliplr')} with the wrists swapped, no up-down flips. Offline:
 `YOLO_OFFLINE=1`, a local font as `Arial.ttf`, `plots=False, workers=0, amp=False`.
+
+## History
+Each run continues from the model the one before it exported (`--init-onnx`), so the committed model is the
+sum of them (`models/history.json`; held-out figures as each run's card gave them):
+
+{history_table(history or [])}
 
 ## Held-out accuracy (`test` split: `hard` preset, unseen seeds; through `edge/detector.py`)
 

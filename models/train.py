@@ -163,14 +163,19 @@ def step_evaluate(args, out: Path) -> dict:
 
 
 def step_card(args, out: Path) -> None:
-    from models.evaluate import write_card
+    from models.evaluate import history_entry, write_card
 
     metrics = json.loads((out / "metrics.json").read_text())
     dst = args.models_dir
     for name in ("person_pose.onnx", "person_pose_int8.onnx"):
         shutil.copyfile(out / name, dst / name)
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    write_card(dst / "README.md", metrics, manifest)
+    hist_path = dst / "history.json"
+    history = json.loads(hist_path.read_text()) if hist_path.is_file() else []
+    entry = history_entry(metrics, manifest, time.strftime("%Y-%m-%d"))
+    history = [h for h in history if h.get("command") != entry["command"]] + [entry]  # a rerun replaces its row
+    hist_path.write_text(json.dumps(history, indent=1) + "\n")
+    write_card(dst / "README.md", metrics, manifest, history)
     log.info("model card written to %s", dst / "README.md")
 
 

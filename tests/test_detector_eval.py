@@ -177,3 +177,30 @@ def test_generate_writes_splits_labels_and_manifest(tmp_path):
     frames = json.loads((tmp_path / "test_frames.json").read_text())
     assert frames["ignore"]["test_000000"] == [[40.0, 5.0, 60.0, 20.0]]
     assert yaml.safe_load((tmp_path / "data.yaml").read_text())["kpt_shape"] == [3, 3]
+
+
+def test_card_lists_every_training_run_and_the_committed_history_matches_the_card(tmp_path):
+    """The card's History: one row per run that led to the committed model (a fine-tune continues from the
+    model before it), and the committed ``models/history.json`` ends with the run the committed card
+    describes."""
+    from models.evaluate import history_entry, write_card
+
+    metrics = {"command": "python -m models.train --init-onnx models/person_pose.onnx --time-hours 1.3",
+               "training": {"epochs_done": 9, "args": {"time": 1.3, "imgsz": 320, "epochs": 9}},
+               "fp32": {"box_map50": 0.861, "wrist_within_10px": 0.7}, "int8": {"box_map50": 0.858}}
+    manifest = {"splits": {"train": {"images": 3000, "seeds": [76, 150]}}}
+    entry = history_entry(metrics, manifest, "2026-11-29")
+    assert entry["origin"] == "fine-tuned" and entry["train_seeds"] == "76-150" and entry["epochs"] == 9
+    first = {"date": "2026-11-28", "origin": "from scratch", "train_images": 1600, "train_seeds": "1-40",
+             "epochs": 15, "hours": None, "box_map50": 0.782, "box_map50_int8": 0.785, "wrist_within_10px": 0.47}
+    card = tmp_path / "README.md"
+    write_card(card, metrics, manifest, [first, entry])
+    text = card.read_text()
+    assert "| 2026-11-28 | from scratch | 1600 (1-40) | 15 | – | 78.2 / 78.5 | 47.0 |" in text
+    assert "| 2026-11-29 | fine-tuned | 3000 (76-150) | 9 | 1.3 | 86.1 / 85.8 | 70.0 |" in text
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    history = json.loads((root / "history.json").read_text())
+    assert history[0]["origin"] == "from scratch"
+    assert all(h["origin"] == "fine-tuned" for h in history[1:])
+    assert f"{100 * history[-1]['box_map50']:.1f}" in (root / "README.md").read_text().split("## Held-out")[1]
