@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.tracker_pets import TRACKERS, Result, bench_file, summary, table
-from walkout.mot import MotSequence, read_mot, write_mot
+from walkout.mot import MotSequence, read_mot
 
 log = logging.getLogger(__name__)
 
