@@ -173,7 +173,8 @@ def step_card(args, out: Path) -> None:
     hist_path = dst / "history.json"
     history = json.loads(hist_path.read_text()) if hist_path.is_file() else []
     entry = history_entry(metrics, manifest, time.strftime("%Y-%m-%d"))
-    history = [h for h in history if h.get("command") != entry["command"]] + [entry]  # a rerun replaces its row
+    same = ("command", "date")  # the card step run again for the same run replaces its row
+    history = [h for h in history if any(h.get(k) != entry[k] for k in same)] + [entry]
     hist_path.write_text(json.dumps(history, indent=1) + "\n")
     write_card(dst / "README.md", metrics, manifest, history)
     log.info("model card written to %s", dst / "README.md")
