@@ -309,3 +309,16 @@ def test_tcp_source_reads_lines_and_reconnects() -> None:
 def test_unknown_sources_are_refused(source: str) -> None:
     with pytest.raises(SourceError):
         list(scan_lines(source, threading.Event()))
+
+
+def test_issued_code_ids_always_go_on_the_wire() -> None:
+    """Every code the shopper API issues has an id the entry message can carry (a wire id starts with a letter
+    or a digit), so an accepted entry always names its code."""
+    from wire.entry_codes import parse
+
+    for _ in range(400):
+        code_id = parse(SECRET, issue(SECRET, STORE, "acct-1", NOW), STORE, NOW + 1).code_id
+        assert code_id[0].isalnum(), code_id
+    b = Bench()
+    result = b.gate.scan(issue(SECRET, STORE, "acct-1", NOW, code_id="-starts-with-a-dash") + "\n")
+    assert result.accepted and b.entries[0].code_id is None  # another issuer's odd id: the entry goes without it

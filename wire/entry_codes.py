@@ -62,7 +62,9 @@ def issue(secret: bytes, store: str, account: str, now: float, party_size: int =
         raise ValueError(f"ttl_s must be in (0, {MAX_TTL_S}]")
     if not 1 <= party_size <= 20:
         raise ValueError("party_size must be 1..20")
-    payload = {"s": store, "a": account, "n": code_id or secrets.token_urlsafe(12), "p": party_size,
+    # the id goes on the wire with the entry (an id there starts with a letter or digit: token_urlsafe alone
+    # starts with "-" or "_" one time in 32, and the gate would then publish the entry without it)
+    payload = {"s": store, "a": account, "n": code_id or "c" + secrets.token_urlsafe(12), "p": party_size,
                "iat": round(now, 3), "exp": round(now + ttl_s, 3)}
     body = f"{PREFIX}.{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
     sig = hmac.new(secret, body.encode(), hashlib.sha256).digest()
