@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.tracker_pets import TRACKERS, Result, bench_file, summary, table
-from walkout.mot import MotSequence, read_mot
+from walkout.mot import MotSequence
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,10 @@ DEFAULT_MODEL = ROOT / "models" / "person_pose_int8.onnx"
 
 
 def truth_sequence(path: Path) -> MotSequence:
-    """A session's per-camera truth file (``# frame,id,x,y,w,h,vis,...``) as a MOT sequence."""
-    rows = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    tmp = path.with_name(path.stem + ".mot.tmp")
-    try:
-        tmp.write_text("\n".join(",".join(r.split(",")[:7]) for r in rows) + "\n")
-        return read_mot(tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A session's per-camera truth file (``# frame,id,x,y,w,h,vis,...``) as ``walkout eval`` reads it."""
+    from walkout.evaluate import read_mot_rows
+
+    return read_mot_rows(path)
 
 
 def detect_session(session: Path, cameras: list[str], model: Path, conf: float, out: Path) -> dict[str, Path]:
