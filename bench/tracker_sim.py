@@ -25,19 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.tracker_pets import TRACKERS, Result, bench_file, summary, table
-from walkout.mot import MotSequence
+from walkout.evaluate import read_mot_rows  # the session's truth files, as walkout eval reads them
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "person_pose_int8.onnx"
-
-
-def truth_sequence(path: Path) -> MotSequence:
-    """A session's per-camera truth file (``# frame,id,x,y,w,h,vis,...``) as ``walkout eval`` reads it."""
-    from walkout.evaluate import read_mot_rows
-
-    return read_mot_rows(path)
 
 
 def detect_session(session: Path, cameras: list[str], model: Path, conf: float, out: Path) -> dict[str, Path]:
@@ -110,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     weights: dict[str, int] = {}
     for cam in cams:
-        gt = truth_sequence(truth_dir / f"{cam}.txt")
+        gt = read_mot_rows(truth_dir / f"{cam}.txt")
         weights[det_paths[cam].name] = len(gt.frames)
         results += bench_file(det_paths[cam], gt, args.trackers, repeat=args.repeat,
                               out=work / "tracks" if args.out else None, score_map="raw",

@@ -138,7 +138,7 @@ def test_tracker_sim_bench_on_the_smoke_session(tmp_path, capsys) -> None:
     from bench import tracker_sim
 
     smoke = Path(__file__).resolve().parents[1] / "replay_data" / "sessions" / "smoke"
-    gt = tracker_sim.truth_sequence(smoke / "truth" / "cam1.txt")
+    gt = tracker_sim.read_mot_rows(smoke / "truth" / "cam1.txt")
     assert len(gt.frames) > 50 and gt.scores.max() <= 1.0
     assert tracker_sim.main([str(smoke), "--trackers", "walkout", "--repeat", "1", "--json",
                              "--out", str(tmp_path)]) == 0
