@@ -351,9 +351,9 @@ class CameraPipeline:
             if proj.head is not None:  # a head the projection found at odds with its box: not published
                 odd = seen & (head[:, 2] >= self.projection_config.min_head_conf) & ~proj.head
                 seen &= ~odd
-                published = kp_rows.get("head")
-                for j in np.flatnonzero(odd).tolist() if published else ():
-                    published[j] = None
+                if "head" in kp_rows:
+                    for j in np.flatnonzero(odd).tolist():
+                        kp_rows["head"][j] = None
                 self.counters.odd_heads += int(odd.sum())
             heads_px = np.where(seen[:, None], head[:, :2], np.nan)
         t1 = time.perf_counter()

@@ -266,13 +266,12 @@ def _pct(v) -> str:
 def history_entry(metrics: dict, manifest: dict, date: str) -> dict:
     """This run as a row of ``models/history.json``: each training run that led to the committed model."""
     tr = metrics.get("training", {})
-    a = tr.get("args", {})
-    seeds = manifest.get("splits", {}).get("train", {}).get("seeds") or []
-    hours = a.get("time")
+    train = manifest.get("splits", {}).get("train", {})
+    seeds = train.get("seeds") or []
     return {"date": date, "origin": "fine-tuned" if "--init-onnx" in metrics.get("command", "") else "from scratch",
-            "command": metrics.get("command", ""), "train_images": manifest.get("splits", {}).get("train", {}).get(
-                "images"), "train_seeds": f"{min(seeds)}-{max(seeds)}" if seeds else None,
-            "epochs": tr.get("epochs_done"), "hours": hours,
+            "command": metrics.get("command", ""), "train_images": train.get("images"),
+            "train_seeds": f"{min(seeds)}-{max(seeds)}" if seeds else None,
+            "epochs": tr.get("epochs_done"), "hours": tr.get("args", {}).get("time"),
             "box_map50": metrics.get("fp32", {}).get("box_map50"),
             "box_map50_int8": metrics.get("int8", {}).get("box_map50"),
             "wrist_within_10px": metrics.get("fp32", {}).get("wrist_within_10px")}
