@@ -18,8 +18,8 @@ from wire.transport import Transport
 
 
 class BusEnv:
-    def __init__(self, store: str):
-        self.bus = InProcessBus(store)
+    def __init__(self, store: str, share_models: bool = False):
+        self.bus = InProcessBus(store, share_models=share_models)
 
     def client(self, device: str, kind: str) -> Transport:
         return self.bus.client(device, kind)
@@ -126,11 +126,29 @@ EXPECTED_PUB = {
 }  # online, 2 carts, 4 events, stopped
 
 
-def test_bus_runs_the_scenario(store_id: str) -> None:
-    calls, sub, pub = scenario(BusEnv(store_id), store_id)
+@pytest.mark.parametrize("share_models", [False, True])
+def test_bus_runs_the_scenario(store_id: str, share_models: bool) -> None:
+    calls, sub, pub = scenario(BusEnv(store_id, share_models), store_id)
     assert calls == EXPECTED_CALLS
     assert sub == EXPECTED_SUB
     assert pub == EXPECTED_PUB
+
+
+@pytest.mark.parametrize("share_models", [False, True])
+def test_a_bus_that_shares_models_delivers_the_published_object(store_id: str, share_models: bool) -> None:
+    bus = InProcessBus(store_id, share_models=share_models)
+    got: list = []
+    sub = bus.client("fusion", "fusion")
+    sub.subscribe(Kind.SHELF_EVENTS, lambda info, m: got.append(m))
+    sub.start()
+    pub = bus.client("shelf1", "shelf")
+    pub.start()
+    e = shelf_event(pub, 0)
+    pub.publish(Kind.SHELF_EVENTS, "shelf1", e)
+    bus.publish_raw(topic(Kind.SHELF_EVENTS, store_id, "shelf1"), encode(shelf_event(pub, 1)))  # bytes: decoded
+    assert [m.event_id for m in got] == ["e0", "e1"] and got[0] == e
+    assert (got[0] is e) == share_models
+    assert sub.counters.received == 2 and sub.counters.rejected == 0
 
 
 @pytest.mark.mosquitto

@@ -482,7 +482,7 @@ def _transports(store_id: str, opts: ReplayOptions, run_tag: str) -> tuple[Trans
     if opts.in_process:
         from wire.bus import InProcessBus
 
-        bus = InProcessBus(store_id)
+        bus = InProcessBus(store_id, share_models=True)  # the feed's messages are decoded or ours already
         return (bus.client("fusion", "fusion"), bus.client("replay", "sim"), bus.client("replay-recorder",
                                                                                           "recorder"),
                 bus.description)

@@ -6,6 +6,11 @@ messages, the outbox, persistent sessions, duplicate suppression and the counter
 and in publish order: :meth:`BusClient.publish` returns after every subscriber's handler ran; a message a
 handler publishes is delivered after the current one, to everyone (first in, first out).
 
+``InProcessBus(share_models=True)`` skips the decoding of what a client of this bus published: each delivery
+is the very message object the publisher passed in (still encoded on publish, for the outbox and the retained
+store).  For replays, whose messages were decoded from a recording or built by our own pipelines, and must
+not be changed by any handler; raw bytes (:meth:`InProcessBus.publish_raw`) are always decoded.
+
 Like a broker, the bus keeps a session per client id: the subscriptions, the messages that arrived while
 the client was stopped (QoS 1 only, as Mosquitto does), and the ones whose handler raised (redelivered when
 the client starts again).  A client's subscriptions join its session when it starts, so, as with MQTT, a
@@ -43,6 +48,7 @@ class _Msg:
     payload: bytes
     qos: int
     retained: bool = False  # a retained message queued for a new subscription
+    model: BaseModel | None = None  # the message as published (a bus that shares models)
 
 
 @dataclass
@@ -61,8 +67,9 @@ class _Session:
 class InProcessBus:
     """A broker in the process for one store; :meth:`client` gives each device its :class:`Transport`."""
 
-    def __init__(self, store: str):
+    def __init__(self, store: str, share_models: bool = False):
         self.store = store
+        self.share_models = share_models
         self._lock = threading.RLock()  # held while routing, handlers included: one delivery at a time
         self._retained: dict[str, bytes] = {}
         self._sessions: dict[str, _Session] = {}
@@ -165,7 +172,7 @@ class InProcessBus:
     def _deliver(self, session: _Session) -> None:
         while session.queue and session.client is not None:
             msg = session.queue.popleft()
-            if not session.client._dispatcher.handle(msg.topic, msg.payload, msg.retained):
+            if not session.client._dispatcher.handle(msg.topic, msg.payload, msg.retained, msg.model):
                 session.unacked.append(msg)
 
 
@@ -189,6 +196,7 @@ class BusClient(Transport):
         self._dispatcher = Dispatcher(self.counters, self.dedup, f"bus:{device}")
         self._started = False
         self._sending = False  # re-entrancy guard: a handler of ours may publish while we send
+        self._models: dict[int, BaseModel] = {}  # outbox id -> the message as published (share_models)
         self._will: bytes | None = None
         self.counters.set("queued", len(self.outbox))
 
@@ -232,7 +240,9 @@ class BusClient(Transport):
 
     def publish(self, kind: Kind, key: str, msg: BaseModel) -> None:
         out = prepare(kind, self.store, key, msg)
-        self.outbox.put(out.topic, out.payload, out.qos, out.retain)
+        item = self.outbox.put(out.topic, out.payload, out.qos, out.retain)
+        if self.bus.share_models:
+            self._models[item.oid] = msg
         self.counters.add("published")
         self._send_pending()
 
@@ -271,6 +281,7 @@ class BusClient(Transport):
             if not batch:
                 return
             for item in batch:
-                self.bus._submit(_Msg(item.topic, item.payload, item.qos), item.retain)
+                self.bus._submit(_Msg(item.topic, item.payload, item.qos, model=self._models.pop(item.oid, None)),
+                                 item.retain)
                 if self.outbox.ack(item.oid):
                     self.counters.add("delivered")

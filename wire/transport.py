@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from wire.codec import WireError, decode, encode
 from wire.dedup import Deduplicator, RecentSet
 from wire.messages import StatusMsg
-from wire.topics import TOPICS, Kind, TopicInfo, subscription, topic
+from wire.topics import TOPICS, Kind, TopicError, TopicInfo, parse_topic, subscription, topic
 
 log = logging.getLogger(__name__)
 
@@ -226,17 +226,20 @@ class Dispatcher:
         with self._lock:
             return list(self._subs)
 
-    def handle(self, topic_name: str | None, payload: bytes, retained: bool = False) -> bool:
+    def handle(self, topic_name: str | None, payload: bytes, retained: bool = False,
+               model: BaseModel | None = None) -> bool:
         """Process one arrival; True: acknowledge it (handled, duplicate or invalid), False: do not.
-        ``retained``: the broker sent it from its retained store (the handlers see ``info.retained``)."""
+        ``retained``: the broker sent it from its retained store (the handlers see ``info.retained``);
+        ``model``: the message ``payload`` encodes, from a publisher in this process that checked it against
+        the topic table (:func:`prepare`): not decoded again."""
         self.counters.add("received")
         if topic_name is None:
             self.counters.add("rejected")
             self._log.warning("topic", "%s: rejected a message whose topic is not UTF-8", self.name)
             return True
         try:
-            info, msg = decode(topic_name, payload)
-        except WireError as exc:
+            info, msg = decode(topic_name, payload) if model is None else (parse_topic(topic_name), model)
+        except (WireError, TopicError) as exc:
             self.counters.add("rejected")
             self._log.warning(f"rejected:{topic_name}", "%s: rejected %s", self.name, exc)
             return True
