@@ -67,6 +67,17 @@ class FloorConfig(_Cfg):
                                           "not used); the cap keeps an odd measurement from outweighing position")
     colour_min_obs: int = Field(5, ge=1, title="Colour observations",
                                 description="Colours seen before a shopper's colour counts in matching")
+    adopt_colour_d2: float = Field(6.0, ge=0, title="Adoption colour limit",
+                                   description="A shopper who appeared away from the gate and is bound to no visit "
+                                               "is adopted by the open visit one of whose shoppers had that "
+                                               "colour at the gate, within this squared distance in spreads, "
+                                               "when no other visit's comes within adopt_margin_d2 of it (0: "
+                                               "never adopted)")
+    adopt_margin_d2: float = Field(4.0, ge=0, title="Adoption margin",
+                                   description="How much farther in colour every other open visit must be")
+    adopt_min_obs: int = Field(10, ge=1, title="Adoption observations",
+                               description="Colours seen of the unbound shopper before adoption is decided "
+                                           "(once)")
     colour_memory: int = Field(300, ge=1, title="Colour memory",
                                 description="A shopper's colour is the running mean of about this many recent "
                                             "observations (those within the limit)")

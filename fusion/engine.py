@@ -7,6 +7,11 @@ them does not change the result and a replay gives the same carts as the live ru
 once the clock passes its end by ``association.delay_s``; a visit is settled once the clock passes its last
 exit by ``checkout.settle_delay_s`` and no earlier shelf event is still waiting.
 
+Shoppers are bound to visits at the gate (:mod:`fusion.visits`).  One the floor tracker starts away from the
+gate (someone lost in a crowd and found again under a new id) is bound to no visit, and so are their picks;
+when their colour matches the colour at the gate of one open visit's shoppers and no other's, that visit
+adopts them (``floor.adopt_*``), and their lines go into its cart as uncertain: held for review, not lost.
+
 The whole engine pickles (``snapshot``/``restore``): the service stores snapshots in the database and replays
 the messages committed after the last one, which gives the same state after a crash.  Memory and snapshots stay
 flat over a long day: :meth:`FusionEngine.forget` drops settled visits, their carts and the shoppers who left
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -231,6 +237,8 @@ class FusionEngine:
             obs.append(TrackObs(t.id, t.floor, t.floor_cov, wrists, head, t.colour))
         left = self.floor.update(msg.camera, ts, obs)
         out = self._bind(ts)
+        if self.cfg.floor.adopt_colour_d2 > 0:
+            self._adopt()
         for sid in left:
             out.extend(self._shopper_left(sid, ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
@@ -268,6 +276,38 @@ class FusionEngine:
         for sid, vid in self.visits.bind(ts, cands):
             self.floor.shopper(sid).visit = vid
         return []
+
+    def _adopt(self) -> None:
+        """Bind a shopper who appeared away from the gate (a track the floor could not join to anyone: a
+        shopper lost in a crowd and found again under a new id) to the open visit whose shoppers' colour at the
+        gate it matches, when that is unambiguous (:class:`fusion.config.FloorConfig` ``adopt_*``).  Colour
+        alone is weak evidence: the lines of an adopted shopper are uncertain, so their visit is held for review
+        with them in the cart rather than charged without them (the pick would otherwise go to no visit)."""
+        cfg = self.cfg.floor
+        for inf in self.floor.live():
+            if inf.origin != "unknown" or inf.adoption_decided or inf.colour is None or \
+                    inf.colour_n < cfg.adopt_min_obs or inf.id in self.visits.by_shopper:
+                continue
+            inf.adoption_decided = True
+            best: dict[str, float] = {}
+            for v in self.visits.visits.values():
+                if v.exited_at is not None or v.settled:
+                    continue
+                for sid in v.shoppers:
+                    other = self.floor.shopper(sid)
+                    if other.entry_colour is not None and other.origin == "gate":
+                        d2 = float(self.floor._colour_d2(inf.colour, other.entry_colour))
+                        best[v.id] = min(best.get(v.id, math.inf), d2)
+            ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+            if not ranked or ranked[0][1] > cfg.adopt_colour_d2 or \
+                    (len(ranked) > 1 and ranked[1][1] - ranked[0][1] < cfg.adopt_margin_d2):
+                log.debug("shopper %s not adopted: %s", inf.id, ranked[:2])
+                continue
+            vid = ranked[0][0]
+            self.visits.adopt(inf.id, vid)
+            inf.visit, inf.adopted = vid, True
+            log.info("shopper %s adopted by visit %s (colour d2 %.2f, next %s)", inf.id, vid, ranked[0][1],
+                     ranked[1] if len(ranked) > 1 else None)
 
     def _entry(self, msg: GateEntryMsg) -> list[Effect]:
         v = self.visits.scan(msg.gate, msg.account, msg.party_size, msg.ts)
@@ -460,6 +500,8 @@ class FusionEngine:
             kind = "misplaced_return" if foreign else "put_back"
             qty = -qty
         reasons = [a.reason] if a.uncertain else []
+        if a.shopper is not None and self.floor.shopper(a.shopper).adopted:
+            reasons.append(f"shopper {a.shopper} was bound to the visit by colour only")
         if p < cfg.min_candidate_p:
             reasons.append(f"product identification p={p:.2f}")
         product = self.store.products.get(sku)

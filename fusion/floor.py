@@ -83,6 +83,9 @@ class ShopperInfo:
     twin_since: float = 0.0
     apart: frozenset[str] = frozenset()  # shoppers seen as another track in the same camera frame, nearby
     merged_into: str | None = None  # retired as a duplicate of this shopper
+    entry_colour: np.ndarray | None = None  # the running colour once it first counted (at the gate, for most)
+    adoption_decided: bool = False  # an unbound shopper's adoption by a visit was weighed (once)
+    adopted: bool = False  # bound to its visit by colour (fusion.engine.FusionEngine._adopt)
 
     @property
     def x(self) -> float:
@@ -543,6 +546,8 @@ class FloorTracker:
             return
         s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
         s.colour = s.colour + (c - s.colour) / s.colour_n
+        if s.entry_colour is None and s.colour_n >= cfg.colour_min_obs:
+            s.entry_colour = s.colour.copy()
 
     def _spawn(self, ts: float, mm: _Meas, origin: str) -> int:
         slot = len(self.info)

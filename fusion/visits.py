@@ -104,6 +104,12 @@ class Visits:
                 log.info("shopper %s bound to visit %s", sid, v.id)
         return bound
 
+    def adopt(self, sid: str, vid: str) -> None:
+        """Add shopper ``sid`` to visit ``vid`` beyond its party (a member found again under a new id)."""
+        v = self.visits[vid]
+        v.shoppers.append(sid)
+        self.by_shopper[sid] = vid
+
     def pending_close(self, now: float, wait_s: float) -> list[Visit]:
         """Open visits past their binding window that still lack shoppers (checked for closing)."""
         self._tidy()

@@ -480,3 +480,44 @@ def test_events_of_one_change_lean_to_different_shoppers(probs, same, expected):
     assocs = [_assoc(p) for p in probs]
     got = [reweigh(a, f, cfg).shopper for a, f in zip(assocs, sibling_factors(assocs, same), strict=True)]
     assert got == expected
+
+
+# ------------------------------------------------------------------------------------------ adoption
+def lost_and_found(bob_colour: tuple[float, float, float]):
+    """Alice (orange shirt) enters and is lost in mid-store at 5 s; at 7 s she is seen again 1.4 m away, too
+    far for recovery (its radius is cut to 0.5 m here), so the floor gives her a new id bound to no visit; she
+    picks from L2 at 9-10 s and leaves.  Bob (``bob_colour``) enters at 3 s and walks along the front to the exit
+    without picking, never near where Alice was lost."""
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, 2.5, 2.0)])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.0), (8.0, 4.0, 0.8), (15.0, 5.5, 0.5),
+                                  (15.5, 5.6, 0.3)])
+    found = ScriptedShopper("alice-again", [(7.0, 1.3, 2.65), (11.0, 1.3, 2.65), (15.0, 5.5, 0.5), (15.5, 5.6, 0.3)],
+                            [(9.0, 10.0, lane_target(STORE, "L2"))])
+    colours = {1: (70.0, 30.0, 50.0), 2: bob_colour, 3: (70.0, 30.0, 50.0)}  # by track id (list order + 1)
+    msgs = [m.model_copy(update={"tracks": [t.model_copy(update={"colour": colours[t.id]}) for t in m.tracks]})
+            for m in tracks_messages([alice, bob, found], CAMS, 18.0)]
+    return msgs + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2),
+                   shelf_event(STORE, "e1", "L2", 9.1, 9.9, 1)]
+
+
+@pytest.mark.parametrize("adopt, bob_colour, alice_gets_it", [
+    (6.0, (40.0, -20.0, -30.0), True),   # her new id matches her colour at the gate, and only hers
+    (0.0, (40.0, -20.0, -30.0), False),  # adoption off: the pick belongs to nobody's visit
+    (6.0, (70.0, 30.0, 50.0), False),    # Bob wears the same: ambiguous, so nobody adopts her
+])
+def test_a_shopper_found_again_under_a_new_id_is_adopted_by_the_visit_of_that_colour(adopt, bob_colour,
+                                                                                      alice_gets_it):
+    cfg = FusionConfig.model_validate({"floor": {"recover_radius_m": 0.5, "recover_max_m": 0.5,
+                                                 "vanish_after_s": 5.0, "adopt_colour_d2": adopt}})
+    _, effects = run(lost_and_found(bob_colour), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    assert [ln["sku"] for ln in r["acct-alice"].lines] == ([STORE.lanes["L2"].sku] if alice_gets_it else [])
+    assert r["acct-bob"].lines == ()
+    unassigned = [e for e in effects if isinstance(e, Unassigned)]
+    assert [(e.event_id, e.reason) for e in unassigned] == ([] if alice_gets_it else
+                                                            [("e1", "shopper not bound to a visit")])
+    assert len(r["acct-alice"].shoppers) == (2 if alice_gets_it else 1)
+    # held either way (her first id was never seen leaving); colour alone is weak evidence, so the adopted
+    # shopper's line is also the reviewer's to confirm
+    assert r["acct-alice"].decision == "hold"
+    assert any("by colour only" in why for why in r["acct-alice"].reasons) == alice_gets_it
