@@ -296,7 +296,7 @@ class FusionEngine:
                 for sid in v.shoppers:
                     other = self.floor.shopper(sid)
                     if other.entry_colour is not None and other.origin == "gate":
-                        d2 = float(self.floor._colour_d2(inf.colour, other.entry_colour))
+                        d2 = float(self.floor.colour_d2(inf.colour, other.entry_colour))
                         best[v.id] = min(best.get(v.id, math.inf), d2)
             ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
             if not ranked or ranked[0][1] > cfg.adopt_colour_d2 or \

@@ -491,7 +491,7 @@ class FloorTracker:
         if cfg.colour_cap <= 0 or a.colour is None or b.colour is None or \
                 min(a.colour_n, b.colour_n) < cfg.colour_min_obs:
             return False
-        return float(self._colour_d2(a.colour, b.colour)) > cfg.colour_cap
+        return float(self.colour_d2(a.colour, b.colour)) > cfg.colour_cap
 
     def _merge(self, dup: ShopperInfo, into: ShopperInfo, ts: float) -> None:
         slot, keep = self._by_id[dup.id], self._by_id[into.id]
@@ -525,11 +525,11 @@ class FloorTracker:
         out[rows] = min(3.0, cfg.colour_cap)
         c = np.array([meas[r].colour for r in rows])
         m = np.array([self.info[slots[j]].colour for j in known])
-        d2 = self._colour_d2(c[:, None, :], m[None, :, :])
+        d2 = self.colour_d2(c[:, None, :], m[None, :, :])
         out[np.ix_(rows, known)] = np.minimum(d2, cfg.colour_cap)
         return out
 
-    def _colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""
         return (((a - b) / np.asarray(self.cfg.colour_sd)) ** 2).sum(axis=-1)
 

@@ -240,9 +240,10 @@ class BusClient(Transport):
 
     def publish(self, kind: Kind, key: str, msg: BaseModel) -> None:
         out = prepare(kind, self.store, key, msg)
-        item = self.outbox.put(out.topic, out.payload, out.qos, out.retain)
-        if self.bus.share_models:
-            self._models[item.oid] = msg
+        with self.bus._lock:  # the model is there before any thread's send can take the item
+            item = self.outbox.put(out.topic, out.payload, out.qos, out.retain)
+            if self.bus.share_models:
+                self._models[item.oid] = msg
         self.counters.add("published")
         self._send_pending()
 
