@@ -34,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edge.detector import Detections, Detector
 from models.dataset import KEYPOINTS, OKS_SIGMAS, parse_label_file
+from models.pack import image_files
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def load_split(data_root: Path, split: str = "test", limit: int | None = None
                ) -> list[tuple[Path, np.ndarray, np.ndarray, tuple[int, int], np.ndarray]]:
     """(image path, boxes (N, 4) px, keypoints (N, K, 3) px, (width, height), ignored boxes (M, 4)) for each
     image of a split.  Ignored boxes are persons too hidden to label (``{split}_frames.json``)."""
-    images = sorted((Path(data_root) / "images" / split).glob("*.jpg"))[:limit]
+    images = image_files(Path(data_root) / "images" / split)[:limit]
     frames_json = Path(data_root) / f"{split}_frames.json"
     ignore = json.loads(frames_json.read_text()).get("ignore", {}) if frames_json.is_file() else {}
     out = []

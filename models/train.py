@@ -15,8 +15,8 @@ Steps (``--steps`` picks a subset, in this order):
 6. ``card``      copies both ONNX files into ``models/`` and writes ``models/README.md``.
 
 Runs offline: ``YOLO_OFFLINE=1`` and a private ``YOLO_CONFIG_DIR`` holding a local TTF as ``Arial.ttf`` (else
-ultralytics fetches one), ``plots=False, workers=0, amp=False``.  Uses GPU 0 when CUDA is available, else the
-CPU.  Ultralytics is imported only inside the train and export steps.
+ultralytics fetches one), ``plots=False, amp=False``, ``workers=0`` unless ``--workers`` says otherwise.  Uses
+GPU 0 when CUDA is available, else the CPU.  Ultralytics is imported only inside the train and export steps.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from models.dataset import Plan, generate, plan_matches
+from models.pack import image_files
 
 log = logging.getLogger("models.train")
 
@@ -49,6 +50,10 @@ def offline_env(out: Path) -> Path:
     if not arial.exists():
         fonts = [Path(p) for p in FONT_CANDIDATES if Path(p).is_file()]
         fonts += sorted(Path("/usr/share/fonts").rglob("*.ttf")) if Path("/usr/share/fonts").is_dir() else []
+        if not fonts:  # ultralytics needs matplotlib, which ships DejaVu
+            import matplotlib
+
+            fonts = sorted((Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf").glob("DejaVuSans*.ttf"))
         if not fonts:
             import cv2  # its wheel ships Qt fonts in some builds
             fonts = sorted(Path(cv2.__file__).parent.rglob("*.ttf"))
@@ -88,8 +93,47 @@ def step_data(args, out: Path) -> Path:
     return root / "data.yaml"
 
 
+def point_data_yaml(root: Path) -> Path:
+    """``root/data.yaml`` with its ``path`` at ``root`` as it is now (a dataset packed by ``models.pack`` and
+    unpacked on a training machine still names the folder it was made in)."""
+    import yaml
+
+    path = root / "data.yaml"
+    data = yaml.safe_load(path.read_text())
+    if data.get("path") != str(root.resolve()):
+        data["path"] = str(root.resolve())
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def read_results_without_polars() -> None:
+    """Where ``polars`` is not installed (a training machine with its own torch and no package index, see
+    ``models.pack``), let ultralytics read its ``results.csv`` with the csv module: it reads it into every
+    checkpoint it saves, and imports polars only for that during training."""
+    try:
+        import polars  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import csv
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    def read_results_csv(self) -> dict:
+        try:
+            rows = list(csv.DictReader(self.csv.read_text().splitlines()))
+        except (OSError, csv.Error):
+            return {}
+        return {k.strip(): [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+    BaseTrainer.read_results_csv = read_results_csv
+    log.info("polars is not installed: ultralytics' results.csv is read with the csv module")
+
+
 def step_train(args, out: Path) -> Path:
     from ultralytics import YOLO
+
+    read_results_without_polars()
 
     weights = out / "train" / "weights"
     last = weights / "last.pt"
@@ -98,23 +142,23 @@ def step_train(args, out: Path) -> Path:
         if not last.is_file():
             raise SystemExit(f"--resume: no checkpoint at {last}")
         log.info("resuming from %s on %s", last, device)
-        YOLO(str(last)).train(resume=True, device=device, workers=0)
+        YOLO(str(last)).train(resume=True, device=device, workers=args.workers)
     else:
         (out / "train_command.txt").write_text(args.command_line + "\n")
         pretrained: bool | str = False
         if args.init_onnx:
             from models.from_onnx import write_checkpoint
 
-            frames = sorted((out / "data" / "images" / "train").glob("*.jpg"))
+            frames = image_files(out / "data" / "images" / "train")
             frames = frames[:: max(1, len(frames) // args.calib)][: args.calib]
             pretrained = str(write_checkpoint(args.init_onnx, frames, out / "init_from_onnx.pt", args.imgsz))
             log.info("fine-tuning from %s (unfused into %s)", args.init_onnx, pretrained)
         model = YOLO("yolov8n-pose.yaml")
         model.train(
-            data=str(out / "data" / "data.yaml"), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-            device=device, workers=0, amp=False, plots=False, pretrained=pretrained, project=str(out.resolve()),
-            name="train", exist_ok=True, save_period=1, seed=0, deterministic=False, patience=args.patience,
-            cache=args.cache, fliplr=0.5, flipud=0.0, degrees=0.0, scale=0.3, mosaic=1.0,
+            data=str(point_data_yaml(out / "data")), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+            device=device, workers=args.workers, amp=False, plots=False, pretrained=pretrained,
+            project=str(out.resolve()), name="train", exist_ok=True, save_period=args.save_period, seed=0, deterministic=False,
+            patience=args.patience,            cache=args.cache, fliplr=0.5, flipud=0.0, degrees=0.0, scale=0.3, mosaic=1.0,
             close_mosaic=args.close_mosaic, time=args.time_hours, warmup_epochs=args.warmup_epochs,
             # from scratch the biases warm up from a high rate (ultralytics' default 0.1); fine-tuning, from 0
             warmup_bias_lr=0.0 if args.init_onnx else 0.1,
@@ -144,7 +188,7 @@ def step_quantize(args, out: Path) -> Path:
     from models.quantize import quantize
 
     dst = out / "person_pose_int8.onnx"
-    images = sorted((out / "data" / "images" / "train").glob("*.jpg"))
+    images = image_files(out / "data" / "images" / "train")
     quantize(out / "person_pose.onnx", dst, images, n_calib=args.calib)
     return dst
 
@@ -220,6 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fine-tune from this exported model (e.g. models/person_pose.onnx) instead of from scratch; "
                         "see models/from_onnx.py")
     p.add_argument("--patience", type=int, default=100)
+    p.add_argument("--save-period", type=int, default=1,
+                   help="keep a checkpoint of every N-th epoch besides last.pt and best.pt (-1: none)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data loader processes (0: in the training process, as on a 2-core machine)")
     p.add_argument("--close-mosaic", type=int, default=10)
     p.add_argument("--cache", choices=("ram", "disk", "false"), default="ram")
     p.add_argument("--device", default="auto", help="auto (GPU 0 if CUDA is available, else cpu), cpu, 0, ...")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -204,3 +205,64 @@ def test_card_lists_every_training_run_and_the_committed_history_matches_the_car
     assert history[0]["origin"] == "from scratch"
     assert all(h["origin"] == "fine-tuned" for h in history[1:])
     assert f"{100 * history[-1]['box_map50']:.1f}" in (root / "README.md").read_text().split("## Held-out")[1]
+
+
+# ---------------------------------------------------------------------------------------------- packing
+def _full_size_dataset(root: Path, images: int = 6, val: int = 2) -> dict:
+    def source(seed, preset, plan):
+        rng = np.random.default_rng(seed)
+        while True:
+            img = np.full((480, 640, 3), rng.integers(0, 255, 3), np.uint8)
+            img[100:300, 200:260] = 255 - img[0, 0]
+            p = Person(np.array([200.0, 100.0, 260.0, 300.0]), np.array([[230, 110, 2], [205, 250, 2], [255, 250, 1]],
+                                                                         float))
+            yield Sample(img, [p], {"seed": seed, "camera": "c"})
+
+    return generate(root, Plan(images=images, val_images=val, test_images=2, frames_per_seed=3), source)
+
+
+def test_pack_shrinks_frames_to_webp_and_keeps_labels(tmp_path):
+    import tarfile
+
+    from models.pack import image_files, pack
+    from models.train import point_data_yaml
+
+    _full_size_dataset(tmp_path / "data")
+    got = pack(tmp_path / "data", tmp_path / "d.tar", imgsz=320, quality=75)
+    assert got["images"] == {"train": 6, "val": 2}
+    with tarfile.open(tmp_path / "d.tar") as tar:
+        tar.extractall(tmp_path / "there", filter="data")
+    there = tmp_path / "there" / "data"
+    assert not (there / "images" / "test").exists()  # evaluation stays on full frames
+    for split, n in (("train", 6), ("val", 2)):
+        files = image_files(there / "images" / split)
+        assert [f.suffix for f in files] == [".webp"] * n
+        img = cv2.imread(str(files[0]))
+        assert img.shape == (240, 320, 3)
+        assert (there / "labels" / split / f"{files[0].stem}.txt").read_text() == \
+            (tmp_path / "data" / "labels" / split / f"{files[0].stem}.txt").read_text()
+    manifest = json.loads((there / "manifest.json").read_text())
+    assert manifest["packed"] == {"imgsz": 320, "webp_quality": 75, "images": {"train": 6, "val": 2}}
+    assert set(manifest["splits"]) == {"train", "val"}
+    data = yaml.safe_load(point_data_yaml(there).read_text())
+    assert data["path"] == str(there.resolve()) and data["kpt_shape"] == [3, 3]
+
+
+def test_pack_cuts_the_training_split_to_fit_and_never_the_validation_split(tmp_path):
+    from models.pack import main, pack
+
+    _full_size_dataset(tmp_path / "data", images=9)
+    whole = pack(tmp_path / "data", tmp_path / "a.tar")["bytes"]
+    cut = pack(tmp_path / "data", tmp_path / "b.tar", max_bytes=whole - 2000)
+    assert 0 < cut["images"]["train"] < 9 and cut["images"]["val"] == 2 and cut["bytes"] <= whole - 2000
+    assert json.loads(tarfile_member(tmp_path / "b.tar", "data/manifest.json"))["splits"]["train"]["images"] == \
+        cut["images"]["train"]
+    assert main([str(tmp_path / "data"), str(tmp_path / "c.tar"), "--max-bytes", "20000"]) == 2  # val alone
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "d.tar")]) == 2
+
+
+def tarfile_member(path: Path, name: str) -> bytes:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return tar.extractfile(name).read()
