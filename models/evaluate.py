@@ -296,10 +296,10 @@ def write_card(path: Path, metrics: dict, manifest: dict, history: list[dict] | 
     a = tr.get("args", {})
     f, q = metrics.get("fp32", {}), metrics.get("int8", {})
     lat = metrics.get("latency", {})
-    calib = metrics.get("calibration_frames")
-    if calib is None:  # the INT8 model's own metadata says how it was calibrated
-        m = re.search(r"MinMax on (\d+) training frames", q.get("quantization") or "")
-        calib = int(m.group(1)) if m else "?"
+    # the INT8 model's own metadata says how it was calibrated
+    m = re.search(r"(MinMax|Percentile|Entropy) on (\d+) training frames", q.get("quantization") or "")
+    calib = metrics.get("calibration_frames", int(m.group(2)) if m else "?")
+    method = m.group(1) if m else "MinMax"
     plan = manifest.get("plan", {})
     sp = manifest.get("splits", {})
 
@@ -358,7 +358,8 @@ f" (a {a['time']} h budget)" if a.get('time') else ''};
 batch {a.get('batch')}; device `{a.get('device')}`; optimizer `{a.get('optimizer')}` (ultralytics picks AdamW
 for runs under 10k iterations); mosaic {a.get('mosaic')} (off for the last {a.get('close_mosaic')} epochs),
 scale 0.3, HSV jitter, left-right flips {a.get('fliplr')} with the wrists swapped, no up-down flips. Offline:
-`YOLO_OFFLINE=1`, a local font as `Arial.ttf`, `plots=False, workers=0, amp=False`.
+`YOLO_OFFLINE=1`, a local font as `Arial.ttf`, `plots=False, amp=False`, {a.get('workers', 0)} data loader workers.
+A GPU machine lent for minutes (`models/train_on_device.sh`) trains on `python -m models.pack`'s shrunk frames.
 
 ## History
 Each run continues from the model the one before it exported (`--init-onnx`), so the committed model is the
@@ -402,7 +403,7 @@ are noisy; rerun `python -m bench.detector` on a quiet one).
 
 ## INT8
 `models/quantize.py`: `quant_pre_process`, then ONNX Runtime `quantize_static` (QDQ), per-channel QInt8
-weights, QUInt8 activations, MinMax calibration on {calib} training frames letterboxed exactly as the runtime
+weights, QUInt8 activations, {method} calibration on {calib} training frames letterboxed exactly as the runtime
 does. The head's decode (reshapes, concats, sigmoids, box and keypoint maths, the final concat mixing pixels and
 0–1 scores) stays FP32; backbone, neck, head conv towers and DFL are INT8.
 

@@ -97,8 +97,13 @@ def pick_calibration(images: Sequence[Path], n: int, seed: int = 0) -> list[Path
     return sorted(images[i] for i in rng.choice(len(images), n, replace=False))
 
 
-def quantize(src: str | Path, dst: str | Path, images: Sequence[Path], n_calib: int = 100) -> Path:
-    """Static INT8 QDQ quantisation of ``src`` into ``dst`` calibrated on ``n_calib`` of ``images``."""
+CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
+
+
+def quantize(src: str | Path, dst: str | Path, images: Sequence[Path], n_calib: int = 100,
+             method: str = "MinMax") -> Path:
+    """Static INT8 QDQ quantisation of ``src`` into ``dst`` calibrated on ``n_calib`` of ``images``
+    (activation ranges by ``method``: one of :data:`CALIBRATION_METHODS`, ONNX Runtime's names)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -106,6 +111,8 @@ def quantize(src: str | Path, dst: str | Path, images: Sequence[Path], n_calib: 
     src, dst = Path(src), Path(dst)
     if not images:
         raise ValueError("quantize: no calibration images")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"quantize: calibration method {method!r} is not one of {CALIBRATION_METHODS}")
     pre = dst.with_name(dst.stem + "_pre.onnx")
     # ORT's symbolic shape inference stops at the dynamic batch; ONNX's own inference covers the graph
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -121,7 +128,7 @@ def quantize(src: str | Path, dst: str | Path, images: Sequence[Path], n_calib: 
     quantize_static(
         str(pre), str(dst), FrameReader(calib, inp.name, imgsz), quant_format=QuantFormat.QDQ,
         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=exclude,
     )
     pre.unlink(missing_ok=True)
     # keep the ultralytics metadata (task, names, kpt_shape, imgsz) on the quantised graph
@@ -132,7 +139,7 @@ def quantize(src: str | Path, dst: str | Path, images: Sequence[Path], n_calib: 
         if k not in have:
             q.metadata_props.add(key=k, value=v)
     q.metadata_props.add(key="quantization", value="int8 static QDQ, per-channel QInt8 weights, QUInt8 "
-                         f"activations, MinMax on {len(calib)} training frames, head decode FP32")
+                         f"activations, {method} on {len(calib)} training frames, head decode FP32")
     onnx.save(q, str(dst))
     log.info("INT8 model %s (%.1f MB)", dst, dst.stat().st_size / 1e6)
     return dst

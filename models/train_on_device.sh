@@ -6,7 +6,7 @@
 #   .gpu/data.tar                                (python -m models.pack OUT/data .gpu/data.tar --max-bytes N)
 # Run from the repository root:  HOURS=0.11 bash models/train_on_device.sh
 # Writes last.pt, best.pt, results.csv, args.yaml, train_command.txt and train.log to $OUT (copied there every
-# 20 s while training, so a run cut short still returns its last checkpoint).  Then, here:
+# 45 s while training, so a run cut short still returns its last checkpoint).  Then, here:
 #   python -m models.train --out OUT --weights best.pt --steps export,quantize,evaluate   (test split made here)
 set -euo pipefail
 PY=${PY:-python3}
@@ -17,18 +17,24 @@ W=${WORK:-/tmp/walkout-train}
 OUT=${OUT:?OUT must name the folder that comes back}
 
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$W/site" .whl/*.whl
-export PYTHONPATH="$W/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$W/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
 mkdir -p "$W"
 tar -xf .gpu/data.tar -C "$W"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 nproc
 
-collect() {
-    for f in train/weights/last.pt train/weights/best.pt train/results.csv train/args.yaml train_command.txt; do
-        if [ -f "$W/$f" ]; then cp "$W/$f" "$OUT/.$(basename "$f").tmp" && mv "$OUT/.$(basename "$f").tmp" "$OUT/$(basename "$f")"; fi
+collect() {  # checkpoints without the optimizer's state (a mid-run last.pt holds it: over 16 MB)
+    for f in last best; do
+        if [ -f "$W/train/weights/$f.pt" ]; then
+            "$PY" -c "import sys; from ultralytics.utils.torch_utils import strip_optimizer as s; s(sys.argv[1], sys.argv[2])" \
+                "$W/train/weights/$f.pt" "$OUT/.$f.tmp" >/dev/null 2>&1 && mv "$OUT/.$f.tmp" "$OUT/$f.pt" || true
+        fi
+    done
+    for f in train/results.csv train/args.yaml train_command.txt; do
+        if [ -f "$W/$f" ]; then cp "$W/$f" "$OUT/.tmp" && mv "$OUT/.tmp" "$OUT/$(basename "$f")" || true; fi
     done
 }
-( while sleep 20; do collect; done ) &
+( while sleep 45; do collect; done ) &
 COPIER=$!
 trap 'kill $COPIER 2>/dev/null || true; collect' EXIT
 
