@@ -369,7 +369,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         bodies[info.id] = float(body)
         cams_of[info.id] = cams
         body_excess = max(0.0, body - cfg.body_free_m)
-        excl = ev.excluded(t_start, t_end, cfg.outside_cap_m)
+        excl = ev.excluded(t_start, t_end, cfg.exclusion_far_m)
         log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
         scores[info.id] = log_score
     if not scores:

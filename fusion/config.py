@@ -102,6 +102,9 @@ class AssociationConfig(_Cfg):
     exclusion_weight: float = Field(8.0, ge=0, title="Exclusion weight",
                                     description="Log-likelihood lost over an event during which both of a "
                                                 "shopper's wrists were located away from the lanes")
+    exclusion_far_m: float = Field(0.45, gt=0, title="Exclusion distance",
+                                   description="Both wrists located farther than this from the lanes count as "
+                                               "'away' for the exclusion")
     persist_instants: int = Field(1, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
     body_free_m: float = Field(0.75, ge=0, title="Body free distance",

@@ -459,6 +459,40 @@ def test_a_hand_in_the_neighbouring_lane_of_the_same_change_is_not_taken_for_thi
         assert STORE.lanes["L2"].sku in bob and not alice
 
 
+def _picker_with_mislocated_hand() -> list:
+    """Alice stands 0.55 m from L2 and picks from it, but the wrists the cameras locate stay 0.25-0.35 m short
+    of the lane's approach zone (a ceiling camera's view of a hand in a shelf: the detector places the hidden
+    wrist on the arm); Bob stands 1.1 m back with his hands hidden from every camera during the pick."""
+    tx, _, tz = lane_target(STORE, "L2")
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, tx, 2.45), (12.0, tx, 2.45),
+                                      (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)], [(8.0, 10.0, (tx, 2.40, tz))])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.2, 1.9), (12.5, tx + 0.2, 1.9),
+                                  (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)])
+    msgs = []
+    for m in tracks_messages([alice, bob], CAMS, 18.0):
+        if 7.5 <= m.ts - T0 <= 10.5:
+            m = m.model_copy(update={"tracks": [t.model_copy(update={"lwrist": None, "rwrist": None})
+                                                if t.id == 2 else t for t in m.tracks]})
+        msgs.append(m)
+    return msgs + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2),
+                   shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
+
+
+@pytest.mark.parametrize("far, picker, decision", [(0.45, "acct-alice", "charge"), (0.3, "acct-bob", "hold")])
+def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it(far, picker, decision):
+    """The exclusion (both wrists located away from the lanes during the event) counts wrists beyond
+    ``exclusion_far_m``: at the default 0.45 m, Alice's hands located 0.25-0.35 m off the lane do not rule her
+    out, and she, nearer the lane, is likelier than Bob 1.1 m back; counting from 0.3 m, they did, and the
+    pick went to Bob, whose hands no camera saw (held for review: no hand of his was seen at the lane)."""
+    cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far}})
+    _, effects = run(_picker_with_mislocated_hand(), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
+    assert got[picker] == [STORE.lanes["L2"].sku]
+    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    assert r[picker].decision == decision
+
+
 def _assoc(probs: dict[str, float]):
     from fusion.association import Association
 
