@@ -34,6 +34,7 @@ from pathlib import Path
 
 from models.dataset import Plan, generate, plan_matches
 from models.pack import image_files
+from models.quantize import CALIBRATION_METHODS
 
 log = logging.getLogger("models.train")
 
@@ -54,7 +55,8 @@ def offline_env(out: Path) -> Path:
         if not fonts:  # ultralytics needs matplotlib, which ships DejaVu
             import matplotlib
 
-            fonts = sorted((Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf").glob("DejaVuSans*.ttf"))
+            mpl_fonts = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf"
+            fonts = sorted(mpl_fonts.glob("DejaVuSans*.ttf"))
         if not fonts:
             import cv2  # its wheel ships Qt fonts in some builds
             fonts = sorted(Path(cv2.__file__).parent.rglob("*.ttf"))
@@ -158,8 +160,9 @@ def step_train(args, out: Path) -> Path:
         model.train(
             data=str(point_data_yaml(out / "data")), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
             device=device, workers=args.workers, amp=False, plots=False, pretrained=pretrained,
-            project=str(out.resolve()), name="train", exist_ok=True, save_period=args.save_period, seed=0, deterministic=False,
-            patience=args.patience,            cache=args.cache, fliplr=0.5, flipud=0.0, degrees=0.0, scale=0.3, mosaic=1.0,
+            project=str(out.resolve()), name="train", exist_ok=True, save_period=args.save_period, seed=0,
+            deterministic=False, patience=args.patience, cache=args.cache, fliplr=0.5, flipud=0.0, degrees=0.0,
+            scale=0.3, mosaic=1.0,
             close_mosaic=args.close_mosaic, time=args.time_hours, warmup_epochs=args.warmup_epochs,
             # from scratch the biases warm up from a high rate (ultralytics' default 0.1); fine-tuning, from 0
             warmup_bias_lr=0.0 if args.init_onnx else 0.1,
@@ -275,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (GPU 0 if CUDA is available, else cpu), cpu, 0, ...")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--calib", type=int, default=100, help="calibration frames for INT8")
-    p.add_argument("--calib-method", choices=("MinMax", "Percentile", "Entropy"), default="Percentile",
+    p.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="Percentile",
                    help="how INT8 calibration sets activation ranges (ONNX Runtime's methods)")
     p.add_argument("--weights", type=Path, default=None,
                    help="checkpoint to export (default: OUT/train/weights/best.pt, else last.pt)")
