@@ -98,6 +98,13 @@ def parse_label_file(path: Path, width: int, height: int) -> tuple[np.ndarray, n
 LAYOUT_YAML = Path(__file__).with_name("person_pose.yaml")
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of a dataset folder in name order, whatever their format (``models.pack`` writes WebP)."""
+    from edge.sources import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
 def data_yaml(root: Path) -> dict:
     """The ultralytics data file: ``models/person_pose.yaml`` (keypoints, flips, names) plus the splits."""
     layout = yaml.safe_load(LAYOUT_YAML.read_text())

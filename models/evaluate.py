@@ -33,8 +33,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from edge.detector import Detections, Detector
-from models.dataset import KEYPOINTS, OKS_SIGMAS, parse_label_file
-from models.pack import image_files
+from models.dataset import KEYPOINTS, OKS_SIGMAS, image_files, parse_label_file
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,11 @@ from pathlib import Path
 
 import cv2
 
+from models.dataset import image_files
+
 log = logging.getLogger("models.pack")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "val")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The images of a dataset folder in name order, whatever their format."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
 
 def shrink(image, imgsz: int):

@@ -32,8 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.dataset import Plan, generate, plan_matches
-from models.pack import image_files
+from models.dataset import Plan, generate, image_files, plan_matches
 from models.quantize import CALIBRATION_METHODS
 
 log = logging.getLogger("models.train")

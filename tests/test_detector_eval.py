@@ -4,6 +4,7 @@ OKS, and the operating-point metrics of ``models/evaluate.py`` on hand-made case
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -222,9 +223,8 @@ def _full_size_dataset(root: Path, images: int = 6, val: int = 2) -> dict:
 
 
 def test_pack_shrinks_frames_to_webp_and_keeps_labels(tmp_path):
-    import tarfile
-
-    from models.pack import image_files, pack
+    from models.dataset import image_files
+    from models.pack import pack
     from models.train import point_data_yaml
 
     _full_size_dataset(tmp_path / "data")
@@ -255,14 +255,12 @@ def test_pack_cuts_the_training_split_to_fit_and_never_the_validation_split(tmp_
     whole = pack(tmp_path / "data", tmp_path / "a.tar")["bytes"]
     cut = pack(tmp_path / "data", tmp_path / "b.tar", max_bytes=whole - 2000)
     assert 0 < cut["images"]["train"] < 9 and cut["images"]["val"] == 2 and cut["bytes"] <= whole - 2000
-    assert json.loads(tarfile_member(tmp_path / "b.tar", "data/manifest.json"))["splits"]["train"]["images"] == \
+    assert json.loads(_tar_member(tmp_path / "b.tar", "data/manifest.json"))["splits"]["train"]["images"] == \
         cut["images"]["train"]
     assert main([str(tmp_path / "data"), str(tmp_path / "c.tar"), "--max-bytes", "20000"]) == 2  # val alone
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "d.tar")]) == 2
 
 
-def tarfile_member(path: Path, name: str) -> bytes:
-    import tarfile
-
+def _tar_member(path: Path, name: str) -> bytes:
     with tarfile.open(path) as tar:
         return tar.extractfile(name).read()
