@@ -339,12 +339,25 @@ def wrist_log_score(v: float, cfg: AssociationConfig) -> float:
     return depth / cfg.inside_scale_m - out / cfg.inside_scale_m - 0.5 * (out / cfg.wrist_sd_m) ** 2
 
 
-def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
-              cfg: AssociationConfig, eligible: set[str] | None = None, rivals: list[Box] | None = None
-              ) -> Association:
-    """Score every shopper present around the event and pick the most likely one (``rivals``: the lanes of
-    the other events of the same shelf change, see :func:`wrist_distances`)."""
+def evidence_window(t_start: float, t_end: float, t_step: float | None, cfg: AssociationConfig
+                    ) -> tuple[float, float, float, float]:
+    """The times wrists are judged over, ``(t0, t1)``, and those the exclusion is judged over: the event's
+    window padded; with a step time, only around it (the hand was in the lane then; a bystander's hand
+    passing the lane while the shelf settles does not count), still within the padded window."""
     t0, t1 = t_start - cfg.window_pad_s, t_end + cfg.window_pad_s
+    if t_step is None:
+        return t0, t1, t_start, t_end
+    return (max(t0, t_step - cfg.step_before_s), min(t1, t_step + cfg.step_after_s),
+            t_step - cfg.step_exclusion_s, t_step + cfg.step_exclusion_s)
+
+
+def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
+              cfg: AssociationConfig, eligible: set[str] | None = None, rivals: list[Box] | None = None,
+              t_step: float | None = None) -> Association:
+    """Score every shopper present around the event and pick the most likely one (``rivals``: the lanes of
+    the other events of the same shelf change, see :func:`wrist_distances`; ``t_step``: when the weight
+    stepped, see :func:`evidence_window`)."""
+    t0, t1, x0, x1 = evidence_window(t_start, t_end, t_step, cfg)
     approach = approach_boxes(boxes, cfg.approach_m)
     rival_approach = approach_boxes(rivals, cfg.approach_m) if rivals else None
     scores: dict[str, float] = {}
@@ -369,7 +382,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         bodies[info.id] = float(body)
         cams_of[info.id] = cams
         body_excess = max(0.0, body - cfg.body_free_m)
-        excl = ev.excluded(t_start, t_end, cfg.exclusion_far_m)
+        excl = ev.excluded(x0, x1, cfg.exclusion_far_m)
         log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
         scores[info.id] = log_score
     if not scores:

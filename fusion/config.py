@@ -86,6 +86,16 @@ class FloorConfig(_Cfg):
 class AssociationConfig(_Cfg):
     window_pad_s: float = Field(0.6, ge=0, title="Window padding",
                                 description="Seconds added around a shelf event's window (clock skew, latency)")
+    step_before_s: float = Field(1.2, ge=0, title="Reach before the step",
+                                 description="With the event's step time (when the goods left or reached the "
+                                             "plates): wrists count from this long before it (the hand reaches "
+                                             "in and takes hold)")
+    step_after_s: float = Field(1.2, ge=0, title="Hold after the step",
+                                description="... until this long after it (the hand draws back); the window "
+                                            "stays within the event's own, padded")
+    step_exclusion_s: float = Field(0.3, ge=0, title="Exclusion around the step",
+                                    description="With a step time, the exclusion (both wrists located away) "
+                                                "is judged over this long either side of it")
     candidate_radius_m: float = Field(1.8, gt=0, title="Candidate radius",
                                       description="Shoppers farther than this from the lanes are not candidates")
     reach_m: float = Field(1.0, gt=0, title="Reach", description="Horizontal reach of a wrist from the body")

@@ -443,7 +443,8 @@ class FusionEngine:
 
     def _associate(self, ev: ShelfEventMsg) -> Association:
         boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
-        return associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev))
+        return associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
+                         t_step=ev.t_step)
 
     def _shelf_event(self, ev: ShelfEventMsg, a: Association | None = None) -> list[Effect]:
         cands = [(c.sku, c.qty, c.p) for c in sorted(ev.candidates, key=lambda c: (-c.p, c.sku, c.qty))]

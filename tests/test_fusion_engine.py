@@ -493,6 +493,35 @@ def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it
     assert r[picker].decision == decision
 
 
+def _bystander_reaching_while_the_shelf_settles(t_step: float | None) -> list:
+    """Alice takes an item from L2 (hand in the lane 8.0-9.0 s, the weight steps at 8.5 s); Bob beside her
+    reaches into L2 as far at 10.0-11.0 s (he touches the goods, takes nothing) while the shelf is still
+    settling: the event spans 8.0-11.2 s.  ``t_step``: the event's step time (None: a gateway
+    that does not send one)."""
+    tx, ty, tz = lane_target(STORE, "L2")
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, tx - 0.15, 2.45),
+                                      (12.0, tx - 0.15, 2.45), (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)],
+                            [(8.0, 9.0, (tx - 0.05, ty, tz))])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.15, 2.45), (12.5, tx + 0.15, 2.45),
+                                  (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)], [(10.0, 11.0, (tx + 0.05, ty + 0.05, tz))])
+    ev = shelf_event(STORE, "e1", "L2", 8.0, 11.2, 1)
+    if t_step is not None:
+        ev = ev.model_copy(update={"t_step": T0 + t_step})
+    return tracks_messages([alice, bob], CAMS, 18.0) + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2), ev]
+
+
+@pytest.mark.parametrize("t_step, decision", [(8.5, "charge"), (None, "hold")])
+def test_the_hand_in_the_lane_when_the_weight_stepped_did_it(t_step, decision):
+    """With the event's step time, only the wrists around it count (``step_before_s`` / ``step_after_s``):
+    Alice, whose hand was in the lane when the item left the plate, is charged; without one, the whole
+    padded event counts, Bob's reach while the shelf settled is as good as hers, and the line is uncertain."""
+    _, effects = run(_bystander_reaching_while_the_shelf_settles(t_step))
+    r = receipts(effects)
+    assert [ln["sku"] for ln in r["acct-alice"].lines] == [STORE.lanes["L2"].sku]
+    assert not r["acct-bob"].lines
+    assert r["acct-alice"].decision == decision, r["acct-alice"].reasons
+
+
 def _assoc(probs: dict[str, float]):
     from fusion.association import Association
 

@@ -183,6 +183,14 @@ def test_shelf_events_match_the_true_events() -> None:
         by_id = {e["event_id"]: e for e in events}
         assert by_id[ra[0]]["parent_id"] is not None and by_id[ra[0]]["parent_id"] == by_id[rb[0]]["parent_id"]
     assert [t for t, _ in msgs] == sorted(t for t, _ in msgs)
+    # the step time: when the true event's goods left or reached the plates, a little late, as the gateway
+    true_by_id = {e["event_id"]: e for e in s.truth["events"]}
+    by_id = {e["event_id"]: e for e in events}
+    late = [by_id[r]["t_step"] - true_by_id[t]["t_change"] for r, t in pairs.items()]
+    assert len(late) == len(s.truth["events"]) and all(0.0 < d < 0.1 for d in late), late
+    # the end: where the gateway finds the shelf at rest, soon after the hand let go (not the true swing's end)
+    after = np.array([by_id[r]["t_end"] - true_by_id[t]["t_release"] for r, t in pairs.items()])
+    assert after.min() >= -0.021 and 0.05 < np.median(after) < 0.5, after
 
 
 def test_straddling_items_of_weight_twins_give_ambiguous_candidates() -> None:

@@ -97,6 +97,7 @@ def shelf_events(draw: Any) -> ShelfEventMsg:
     delta = draw(st.floats(1e-3, 1e4)) * (-1 if action == "pick" else 1)
     lanes = draw(st.lists(ids, min_size=1, max_size=5, unique=True))
     t0 = draw(st.floats(0, 9e9))
+    dur = draw(st.floats(0, 1e3))
     return ShelfEventMsg(
         **envelope(draw, shelf),
         shelf=shelf,
@@ -104,7 +105,8 @@ def shelf_events(draw: Any) -> ShelfEventMsg:
         parent_id=draw(st.none() | ids),
         action=action,
         t_start=t0,
-        t_end=t0 + draw(st.floats(0, 1e3)),
+        t_end=t0 + dur,
+        t_step=draw(st.none() | st.floats(0, 1).map(lambda u: min(t0 + u * dur, t0 + dur))),
         lanes=[LaneDelta(lane=ln, delta_g=draw(finite)) for ln in lanes],
         delta_g=delta,
         candidates=draw(
@@ -455,6 +457,9 @@ INVALID = [
     (Kind.SHELF_EVENTS, "candidates[0].qty", 0, "candidates[0].qty"),
     (Kind.SHELF_EVENTS, "action", "grab", "action"),
     (Kind.SHELF_EVENTS, "t_end", 1.0, "<payload>"),
+    (Kind.SHELF_EVENTS, "t_step", 1.0, "<payload>"),  # before t_start
+    (Kind.SHELF_EVENTS, "t_step", 9e9, "<payload>"),  # after t_end
+    (Kind.SHELF_EVENTS, "t_step", math.nan, "t_step"),
     (Kind.LOADCELLS, "samples[1]", [1.0], "<payload>"),
     (Kind.LOADCELLS, "rate_hz", 0, "rate_hz"),
     (Kind.LOADCELLS, "samples[0][0]", math.inf, "samples[0][0]"),

@@ -21,7 +21,9 @@ Tracks (one :class:`~wire.messages.TracksMsg` per delivered camera frame, like `
   :func:`edge.projection.keypoint_rays`, as in the real pipeline.
 
 Shelf events (:class:`ShelfNoise`): the true events of a shelf that overlap in time make one shelf change
-(as the gateway sees it), with jittered start and end, measurement noise on the lanes' weight changes and,
+(as the gateway sees it), with a jittered start, the end where the gateway finds the shelf at rest (soon after
+the last hand let go, not when the true swing has died out), the step time (when the goods left or reached the
+plates, a little late), measurement noise on the lanes' weight changes and,
 sometimes, part of the weight spilling onto a neighbouring lane (an item straddling two plates).  The real
 identifier of the shelf gateway (:class:`edge.shelf.identify.Identifier`, on the store's planogram) turns
 each change into events with candidate lists -- the same near-equal-weight ambiguity, sub-events and
@@ -54,7 +56,7 @@ from calibration.store import Store
 from edge.appearance import bgr_to_lab
 from edge.projection import ProjectionConfig, floor_positions, keypoint_rays
 from edge.shelf.detector import ShelfChange
-from edge.shelf.gateway import event_id
+from edge.shelf.gateway import event_id, step_time
 from edge.shelf.identify import Identified, Identifier
 from edge.shelf.planogram import Planogram
 from wire.messages import Candidate, LaneDelta, ShelfEventMsg, StatusMsg, TracksMsg
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 
 KEYPOINTS = ("head", "lwrist", "rwrist")
 SHELF_SOURCE = "shelf-truth"
-_STREAM_TRACKS, _STREAM_SHELF, _STREAM_LATENCY, _STREAM_COLOUR = 11, 12, 13, 14
+_STREAM_TRACKS, _STREAM_SHELF, _STREAM_LATENCY, _STREAM_COLOUR, _STREAM_STEP = 11, 12, 13, 14, 15
 _REF_WIDTH = 640.0  # pixel noise figures are given for this image width
 
 
@@ -117,6 +119,10 @@ class ShelfNoise:
     spill_p: float = 0.1  # part of the change lands on a neighbouring lane (an item straddling plates)
     spill_fraction: tuple[float, float] = (0.05, 0.3)
     miss_p: float = 0.0  # a true change produces no event at all
+    end_after_release_s: float = -0.02  # the gateway's end of an event: the hand's release, then ...
+    end_tail_s: float = 0.28  # ... an exponential wait of this mean (measured as step_lag_s: 0.0-1.7 s, median 0.16)
+    step_lag_s: float = 0.04  # the gateway's step time (when the goods left or reached the plates) is late ...
+    step_sd_s: float = 0.01  # ... by this, with this spread (measured: gateway on simulated load cells)
     emit_lag_s: float = 0.55  # the gateway publishes this long after the shelf settled
     emit_jitter_s: float = 0.05
     merge_gap_s: float = 0.1  # true events of one shelf closer than this in time make one change
@@ -665,6 +671,7 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
     in publish order (see the module docstring)."""
     nz = cfg.shelf
     rng = rng_for(cfg.seed, _STREAM_SHELF)
+    rng_step = rng_for(cfg.seed, _STREAM_STEP)  # a stream of its own: the other draws stay as they were
     stats = ShelfStats(true_events=len(truth.get("events", [])))
     by_shelf: dict[str, list[dict]] = {}
     for ev in sorted(truth.get("events", []), key=lambda e: (e["t_start"], e["event_id"])):
@@ -687,6 +694,7 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
         lanes = [ln.id for ln in store.shelves[ch.shelf].lanes]
         pos = {ln: j for j, ln in enumerate(lanes)}
         delta = np.zeros(len(lanes))
+        steps = np.full((len(lanes), 2), np.nan)
         for ev in ch.events:
             j = pos.get(ev["lanes"][0])
             if j is None:
@@ -699,20 +707,23 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
                 delta[nb] += part
                 g -= part
                 stats.spilled += 1
+                steps[nb] = _step(ev, nz, rng_step)
             delta[j] += g
+            steps[j] = _step(ev, nz, rng_step)
         moved = np.abs(delta) > 1e-9
         delta[moved] += rng.normal(0.0, nz.weight_sd_g, int(moved.sum()))
         t0 = ch.t_start + float(rng.normal(0.0, nz.time_sd_s))
-        t1 = ch.t_end + float(rng.normal(0.0, nz.time_sd_s))
-        t1 = max(t1, t0 + 0.1)
-        emit = t1 + nz.emit_lag_s + abs(float(rng.normal(0.0, nz.emit_jitter_s)))
+        settled = ch.t_end + float(rng.normal(0.0, nz.time_sd_s))
+        emit = max(settled, t0 + 0.1) + nz.emit_lag_s + abs(float(rng.normal(0.0, nz.emit_jitter_s)))
+        t1 = max(_end(ch, nz, rng_step), t0 + 0.1)
+        emit = max(emit, t1 + nz.emit_jitter_s)
         missed = rng.random() < nz.miss_p
-        planned.append((emit, ch, lanes, delta, t0, t1, missed))
+        planned.append((emit, ch, lanes, delta, t0, t1, missed, steps))
     planned.sort(key=lambda p: (p[0], p[1].shelf))
     identifier = Identifier(Planogram.from_store(store))
     out: list[tuple[float, ShelfEventMsg]] = []
     seq = 0
-    for emit, ch, lanes, delta, t0, t1, missed in planned:
+    for emit, ch, lanes, delta, t0, t1, missed, steps in planned:
         if missed:
             stats.missed += 1
             continue
@@ -720,7 +731,8 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
         involved = np.abs(delta) >= max(3.0, 6.0 * nz.weight_sd_g)
         if not involved.any():
             continue
-        change = ShelfChange(ch.shelf, lanes, round(t0, 4), round(t1, 4), round(emit, 4), delta, sd, involved)
+        change = ShelfChange(ch.shelf, lanes, round(t0, 4), round(t1, 4), round(emit, 4), delta, sd, involved,
+                             t_step=steps)
         parts = identifier.identify(change, learn=True)
         base = event_id(ch.shelf, change.t_start)
         for r in parts:
@@ -734,6 +746,23 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
     return out, stats
 
 
+def _end(ch: _Change, nz: ShelfNoise, rng: np.random.Generator) -> float:
+    """When a gateway finds the shelf at rest after the change ``ch``: soon after the last hand let go (the
+    swing and creep that the true ``t_end`` waits out are within its noise); the true end for a truth file
+    older than ``t_release``."""
+    if any("t_release" not in ev for ev in ch.events):
+        return ch.t_end
+    release = max(float(ev["t_release"]) for ev in ch.events)
+    return release + nz.end_after_release_s + float(rng.exponential(nz.end_tail_s))
+
+
+def _step(ev: dict, nz: ShelfNoise, rng: np.random.Generator) -> float:
+    """The step time a gateway would find for the true event ``ev``: when the goods left or reached the plates
+    (``t_change``), a little late; NaN (no step time) for a truth file older than ``t_change``."""
+    lag = nz.step_lag_s + float(rng.normal(0.0, nz.step_sd_s))
+    return float(ev["t_change"]) + lag if "t_change" in ev else math.nan
+
+
 def _event_msg(r: Identified, base: str, source: str, seq: int) -> ShelfEventMsg | None:
     """The wire message of an identified (sub-)event, as the gateway writes it."""
     ch = r.change
@@ -744,7 +773,8 @@ def _event_msg(r: Identified, base: str, source: str, seq: int) -> ShelfEventMsg
     return ShelfEventMsg(
         source=source, seq=seq, ts=ch.t_end, shelf=ch.shelf, event_id=eid,
         parent_id=base if r.parts > 1 else None, action=r.action, t_start=ch.t_start, t_end=ch.t_end,
-        lanes=[LaneDelta(lane=ln, delta_g=round(dg, 2)) for ln, dg in lanes], delta_g=round(r.total_g, 2),
+        t_step=step_time(r, 0.0), lanes=[LaneDelta(lane=ln, delta_g=round(dg, 2)) for ln, dg in lanes],
+        delta_g=round(r.total_g, 2),
         candidates=[Candidate(sku=c.sku, qty=c.qty, p=round(min(1.0, c.p), 4), foreign=c.foreign)
                     for c in r.candidates[:32]],
     )

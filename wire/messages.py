@@ -138,6 +138,10 @@ class ShelfEventMsg(Envelope):
     action: Literal["pick", "put"]
     t_start: Timestamp
     t_end: Timestamp
+    t_step: Timestamp | None = Field(
+        None, title="When the weight stepped",
+        description="Capture time at which the goods left (pick) or reached (put) the plates, between t_start "
+                    "and t_end: the hand was in the lane then (added, issue 7; absent from older gateways)")
     lanes: list[LaneDelta] = Field(min_length=1, max_length=64)
     delta_g: Grams = Field(title="Total signed weight change in grams")
     candidates: list[Candidate] = Field(default_factory=list, max_length=32)
@@ -146,6 +150,8 @@ class ShelfEventMsg(Envelope):
     def _consistent(self) -> ShelfEventMsg:
         if self.t_end < self.t_start:
             raise ValueError("t_end must not be before t_start")
+        if self.t_step is not None and not self.t_start <= self.t_step <= self.t_end:
+            raise ValueError("t_step must lie between t_start and t_end")
         if (self.action == "pick") != (self.delta_g < 0):
             raise ValueError("action 'pick' needs delta_g < 0 and 'put' needs delta_g > 0")
         if len({ln.lane for ln in self.lanes}) != len(self.lanes):

@@ -236,6 +236,7 @@ class ShelfGateway:
             msg = ShelfEventMsg(
                 source=self.device, seq=self.seq(), ts=ch.t_end, shelf=ch.shelf, event_id=eid,
                 parent_id=base if r.parts > 1 else None, action=r.action, t_start=ch.t_start, t_end=ch.t_end,
+                t_step=step_time(r, self.detector.cfg.smooth_s),
                 lanes=[LaneDelta(lane=ln, delta_g=round(dg, 2)) for ln, dg in lanes],
                 delta_g=round(r.total_g, 2),
                 candidates=[WireCandidate(sku=c.sku, qty=c.qty, p=round(min(1.0, c.p), 4), foreign=c.foreign)
@@ -272,6 +273,21 @@ class ShelfGateway:
         if reader is not None:
             out.update(reader.problems)
         return {k: int(min(v, 10**6)) for k, v in sorted(out.items()) if _ID_OK.match(k)}
+
+
+def step_time(r: Identified, smooth_s: float) -> float | None:
+    """When the goods of the (sub-)event ``r`` left or reached the plates: the first time the smoothed level of
+    its lane that moved most lay past half of its change, less half the smoothing (the boxcar's lag), kept
+    within the change's start and end.  None when the detector has no step time for those lanes."""
+    ch = r.change
+    if ch.t_step is None:
+        return None
+    index = {lane: j for j, lane in enumerate(ch.lanes)}
+    for lane, _ in sorted(r.lanes, key=lambda kv: -abs(kv[1])):
+        j = index.get(lane)
+        if j is not None and np.isfinite(ch.t_step[j, 0]):
+            return min(max(round(float(ch.t_step[j, 0]) - smooth_s / 2, 3), ch.t_start), ch.t_end)
+    return None
 
 
 def event_id(shelf: str, t_start: float) -> str:
