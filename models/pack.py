@@ -47,6 +47,19 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _packed_split(root: Path, split: str, names: list[str], persons: int) -> dict:
+    """The manifest's figures of a split as packed (the training split may be cut): images, persons and,
+    where the frames' sources say, the seeds they came from."""
+    out: dict = {"images": len(names), "persons": persons}
+    frames = root / f"{split}_frames.json"
+    if frames.is_file():
+        sources = json.loads(frames.read_text()).get("sources", {})
+        seeds = {sources[n]["seed"] for n in names if "seed" in sources.get(n, {})}
+        if seeds:
+            out["seeds"] = sorted(seeds)
+    return out
+
+
 def pack(root: Path, dst: Path, imgsz: int = 320, quality: int = 75, max_bytes: int | None = None) -> dict:
     """Write ``dst`` (an uncompressed tar: WebP does not compress further) and return what went in."""
     root = Path(root)
@@ -55,12 +68,15 @@ def pack(root: Path, dst: Path, imgsz: int = 320, quality: int = 75, max_bytes: 
     # what goes in after the frames: those files, the manifest, headers, the tar's end and record padding
     reserve = sum((root / n).stat().st_size + 1024 for n in extras) + len(json.dumps(manifest, indent=1)) + 13_000
     counts: dict[str, int] = {}
+    packed: dict[str, list[str]] = {}
+    persons: dict[str, int] = {}
     with tarfile.open(dst, "w") as tar:
         for split in reversed(SPLITS):  # validation first: it must go in whole
             images = image_files(root / "images" / split)
             if not images and split == "val":
                 raise ValueError(f"{root}: no validation images (ultralytics validates every epoch)")
             n = 0
+            packed[split], persons[split] = [], 0
             for path in images:
                 image = cv2.imread(str(path))
                 if image is None:
@@ -76,11 +92,13 @@ def pack(root: Path, dst: Path, imgsz: int = 320, quality: int = 75, max_bytes: 
                     break
                 _add(tar, f"data/images/{split}/{path.stem}.webp", webp.tobytes())
                 _add(tar, f"data/labels/{split}/{path.stem}.txt", label)
+                packed[split].append(path.stem)
+                persons[split] += len(label.splitlines())
                 n += 1
             counts[split] = n
         manifest = dict(manifest, packed={"imgsz": imgsz, "webp_quality": quality, "images": counts})
-        manifest["splits"] = {k: v for k, v in manifest["splits"].items() if k in SPLITS}
-        manifest["splits"]["train"] = dict(manifest["splits"]["train"], images=counts["train"])
+        manifest["splits"] = {k: dict(v, **_packed_split(root, k, packed[k], persons[k]))
+                              for k, v in manifest["splits"].items() if k in SPLITS}
         for name in extras:
             _add(tar, f"data/{name}", (root / name).read_bytes())
         _add(tar, "data/manifest.json", json.dumps(manifest, indent=1).encode())

@@ -255,8 +255,12 @@ def test_pack_cuts_the_training_split_to_fit_and_never_the_validation_split(tmp_
     whole = pack(tmp_path / "data", tmp_path / "a.tar")["bytes"]
     cut = pack(tmp_path / "data", tmp_path / "b.tar", max_bytes=whole - 2000)
     assert 0 < cut["images"]["train"] < 9 and cut["images"]["val"] == 2 and cut["bytes"] <= whole - 2000
-    assert json.loads(_tar_member(tmp_path / "b.tar", "data/manifest.json"))["splits"]["train"]["images"] == \
-        cut["images"]["train"]
+    train = json.loads(_tar_member(tmp_path / "b.tar", "data/manifest.json"))["splits"]["train"]
+    sources = json.loads((tmp_path / "data" / "train_frames.json").read_text())["sources"]
+    names = sorted(sources)[:cut["images"]["train"]]
+    assert train["images"] == cut["images"]["train"] and train["persons"] == cut["images"]["train"]
+    assert train["seeds"] == sorted({sources[n]["seed"] for n in names})  # only the seeds that went in
+    assert len(train["seeds"]) < len({s["seed"] for s in sources.values()})
     assert main([str(tmp_path / "data"), str(tmp_path / "c.tar"), "--max-bytes", "20000"]) == 2  # val alone
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "d.tar")]) == 2
 
