@@ -120,7 +120,7 @@ class ShelfNoise:
     spill_fraction: tuple[float, float] = (0.05, 0.3)
     miss_p: float = 0.0  # a true change produces no event at all
     end_after_release_s: float = -0.02  # the gateway's end of an event: the hand's release, then ...
-    end_tail_s: float = 0.28  # ... an exponential wait of this mean (measured as step_lag_s: 0.0-1.7 s, median 0.16)
+    end_tail_s: float = 0.28  # ... an exponential wait of this mean (measured: 0-1.7 s, median 0.16 s)
     step_lag_s: float = 0.04  # the gateway's step time (when the goods left or reached the plates) is late ...
     step_sd_s: float = 0.01  # ... by this, with this spread (measured: gateway on simulated load cells)
     emit_lag_s: float = 0.55  # the gateway publishes this long after the shelf settled
