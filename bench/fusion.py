@@ -56,7 +56,7 @@ from tests.helpers_fusion_service import KIND_KEY, ledger_with_accounts, publish
 from wire.broker import broker_answers
 from wire.bus import InProcessBus
 from wire.codec import decode, encode
-from wire.messages import ReceiptMsg, ShelfEventMsg, TracksMsg
+from wire.messages import ReceiptMsg, ShelfEventMsg, TracksMsg, moved_times
 from wire.topics import Kind, topic
 from wire.transport import Transport
 
@@ -145,10 +145,7 @@ def shifted(msgs: list[BaseModel], offset: float) -> list[BaseModel]:
     """The session with every capture time moved by ``offset`` seconds."""
     out = []
     for m in msgs:
-        upd: dict[str, Any] = {"ts": m.ts + offset}  # type: ignore[attr-defined]
-        if isinstance(m, ShelfEventMsg):
-            upd.update(t_start=m.t_start + offset, t_end=m.t_end + offset)
-        out.append(m.model_copy(update=upd))
+        out.append(m.model_copy(update=moved_times(m, offset)))  # type: ignore[arg-type]
     return out
 
 

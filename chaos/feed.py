@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from calibration.store import Store, store_from_dict
 from walkout.deploy import Device
-from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
+from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg, moved_times
 from wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -189,12 +189,7 @@ def restamp(item: Item, source: str, seq: int, shift: float = 0.0, skew: float =
     msg = item.msg
     dt = shift + skew
     if dt:
-        upd["ts"] = float(msg.ts) + dt  # type: ignore[attr-defined]
-        if isinstance(msg, ShelfEventMsg):
-            upd["t_start"] = msg.t_start + dt
-            upd["t_end"] = msg.t_end + dt
-        if isinstance(msg, StatusMsg) and msg.watermark is not None:
-            upd["watermark"] = msg.watermark + dt
+        upd.update(moved_times(msg, dt))  # type: ignore[arg-type]
     return msg.model_copy(update=upd)
 
 

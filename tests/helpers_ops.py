@@ -45,7 +45,16 @@ from tests.fusion_scene import (
 )
 from tests.helpers_fusion_scene import ACCOUNTS, DECLINING, _shoppers, scene_messages, scene_store_with_id
 from wire.bus import InProcessBus
-from wire.messages import Candidate, GateEntryMsg, LaneDelta, LoadCellMsg, ShelfEventMsg, StatusMsg, TracksMsg
+from wire.messages import (
+    Candidate,
+    GateEntryMsg,
+    LaneDelta,
+    LoadCellMsg,
+    ShelfEventMsg,
+    StatusMsg,
+    TracksMsg,
+    moved_times,
+)
 from wire.topics import Kind
 
 STORE_ID = "t1"
@@ -117,9 +126,7 @@ def shoppers(store: Store) -> list[Shifted]:
 
 
 def _shift(msg: BaseModel) -> BaseModel:
-    upd: dict[str, Any] = {"ts": msg.ts + SHIFT, "seq": msg.seq + SEQ_SHIFT}  # type: ignore[attr-defined]
-    if isinstance(msg, ShelfEventMsg):
-        upd.update(t_start=msg.t_start + SHIFT, t_end=msg.t_end + SHIFT)
+    upd: dict[str, Any] = {**moved_times(msg, SHIFT), "seq": msg.seq + SEQ_SHIFT}  # type: ignore[arg-type,attr-defined]
     return msg.model_copy(update=upd)
 
 

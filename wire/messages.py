@@ -302,3 +302,18 @@ class LoadCellMsg(Envelope):
             if len(row) != n:
                 raise ValueError(f"samples[{i}] has {len(row)} values for {n} lanes")
         return self
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def moved_times(msg: Envelope, dt: float) -> dict[str, float]:
+    """The capture-time fields of ``msg`` moved by ``dt`` seconds, as a ``model_copy(update=...)`` dict: ``ts``,
+    a shelf event's ``t_start``, ``t_end`` and ``t_step``, a status's ``watermark`` (one place that knows
+    which fields are capture times: a replay on today's clock, a skewed device clock)."""
+    upd = {"ts": float(msg.ts) + dt}
+    if isinstance(msg, ShelfEventMsg):
+        upd.update(t_start=msg.t_start + dt, t_end=msg.t_end + dt)
+        if msg.t_step is not None:
+            upd["t_step"] = msg.t_step + dt
+    if isinstance(msg, StatusMsg) and msg.watermark is not None:
+        upd["watermark"] = msg.watermark + dt
+    return upd
