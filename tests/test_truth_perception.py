@@ -193,6 +193,20 @@ def test_shelf_events_match_the_true_events() -> None:
     assert after.min() >= -0.021 and 0.05 < np.median(after) < 0.5, after
 
 
+def test_shelf_noise_differs_between_sessions_and_repeats_within_one() -> None:
+    """The shelf noise is drawn per session: the same events in a session of another seed (a scripted case at
+    the same lanes) get other weights and times; the same session gets the same ones."""
+    s = session("hard-100s")
+    other = dict(s.truth, session=dict(s.truth["session"], seed=s.truth["session"]["seed"] + 1))
+
+    def lanes_and_times(truth: dict) -> list:
+        msgs, _ = shelf_events(s.store, truth, PerceptionConfig(seed=0))
+        return [(m.t_end, m.t_step, [ln.delta_g for ln in m.lanes]) for _, m in msgs]
+
+    assert lanes_and_times(s.truth) == lanes_and_times(s.truth)
+    assert lanes_and_times(s.truth) != lanes_and_times(other)
+
+
 def test_straddling_items_of_weight_twins_give_ambiguous_candidates() -> None:
     """Gatorade (650 g) and Powerade (652 g) sit side by side: with part of the weight on the other's lane,
     the candidates carry both products."""

@@ -670,8 +670,12 @@ def shelf_events(store: Store, truth: dict, cfg: PerceptionConfig, source: str =
     """The shelf events a gateway would publish for the session's true events: ``(publish time, message)``
     in publish order (see the module docstring)."""
     nz = cfg.shelf
-    rng = rng_for(cfg.seed, _STREAM_SHELF)
-    rng_step = rng_for(cfg.seed, _STREAM_STEP)  # a stream of its own: the other draws stay as they were
+    # seeded per session too: the draws go to the changes in shelf order, and a scripted case (neighbours at
+    # the same two lanes early on) would otherwise get the same noise in every session
+    sess = truth.get("session", {})
+    key = f"{sess.get('preset', '')}:{sess.get('seed', '')}"
+    rng = rng_for(cfg.seed, _STREAM_SHELF, key)
+    rng_step = rng_for(cfg.seed, _STREAM_STEP, key)  # a stream of its own for the step times and ends
     stats = ShelfStats(true_events=len(truth.get("events", [])))
     by_shelf: dict[str, list[dict]] = {}
     for ev in sorted(truth.get("events", []), key=lambda e: (e["t_start"], e["event_id"])):
