@@ -102,15 +102,39 @@ class ShopperInfo:
 
 @dataclass
 class _Meas:
-    """A track as a linear measurement ``z = H @ (x, y, h) + noise(R)``."""
+    """A track as a linear measurement ``z = H @ m + noise(R)`` of the state ``m``; H reads only its
+    position and height (x, y, h).  ``row`` holds H (2 x 5), z (2) and R (2 x 2), row-major, as 16 plain
+    floats: a frame's measurements become arrays in one go (:meth:`FloorTracker._gating`)."""
 
-    H: np.ndarray  # (2, 3)
-    z: np.ndarray  # (2,)
-    R: np.ndarray  # (2, 2)
+    row: tuple[float, ...]
     floor: tuple[float, float]  # the track's own floor estimate (for spawning and distances)
     colour: np.ndarray | None = None  # (3,) upper-body colour, if measured
     ray: tuple[float, float, float] | None = None  # unit direction of the head ray it comes from, if any
     sd: float = 0.0  # the head ray's spread across it (m), with ``ray``
+
+    @property
+    def H(self) -> np.ndarray:
+        return np.array(self.row[:10]).reshape(2, 5)
+
+    @property
+    def z(self) -> np.ndarray:
+        return np.array(self.row[10:12])
+
+    @property
+    def R(self) -> np.ndarray:
+        return np.array(self.row[12:]).reshape(2, 2)
+
+
+@dataclass
+class _Gating:
+    """One camera frame's shoppers predicted to its time and its (track, shopper) pairs (:meth:`_gating`)."""
+
+    m: np.ndarray  # (n, 5) predicted means
+    P: np.ndarray  # (n, 5, 5) predicted covariances
+    HP: np.ndarray  # (k, n, 2, 5) H P of each pair
+    S: np.ndarray  # (k, n, 2, 2) innovation covariances
+    e: np.ndarray  # (k, n, 2) innovations
+    d2: np.ndarray  # (k, n) squared Mahalanobis distances
 
 
 def _time_of(entry: tuple) -> float:
@@ -121,8 +145,22 @@ def _colour(t: TrackObs) -> np.ndarray | None:
     return None if t.colour is None else np.array(t.colour, float)
 
 
-_FLOOR_H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-_FLOOR_H.flags.writeable = False  # shared by every floor-point measurement
+def _q_basis() -> np.ndarray:
+    """Q (5 x 5, flattened) = (q dt^3 / 3, q dt^2 / 2, q dt, h dt) @ this (4 x 25): white-noise acceleration
+    per floor axis (q = process noise^2) and a random walk of the head height (h = its noise^2), as _F_Q."""
+    basis = np.zeros((4, 5, 5))
+    basis[0, 0, 0] = basis[0, 1, 1] = 1.0
+    basis[1, 0, 2] = basis[1, 2, 0] = basis[1, 1, 3] = basis[1, 3, 1] = 1.0
+    basis[2, 2, 2] = basis[2, 3, 3] = 1.0
+    basis[3, 4, 4] = 1.0
+    return basis.reshape(4, 25)
+
+
+_Q_BASIS = _q_basis()
+_Q_POWERS = np.array([3.0, 2.0, 1.0, 1.0])  # of dt, per row of _Q_BASIS
+for _a in (_Q_BASIS, _Q_POWERS):
+    _a.flags.writeable = False
+
 
 
 def _perp_basis(dx: float, dy: float, dz: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -148,6 +186,9 @@ class FloorTracker:
         self.links: dict[str, dict[int, int]] = {}  # camera -> {track id: shopper slot}
         self._next = 1
         self.now = 0.0
+        # the latest frame's prediction (ts, slots, means, covariances), kept up to date by the corrections:
+        # the other cameras of the same instant start from it (:meth:`_gating`)
+        self._prior: tuple[float, list[int], np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------- queries
     def shopper(self, sid: str) -> ShopperInfo:
@@ -185,7 +226,10 @@ class FloorTracker:
         return any(lo[0] - m <= x <= hi[0] + m and lo[1] - m <= y <= hi[1] + m for lo, hi in self.gates)
 
     def _in_exit(self, x: float, y: float) -> bool:
-        return any(lo[0] <= x <= hi[0] and lo[1] <= y <= hi[1] for lo, hi in self.exits)
+        for lo, hi in self.exits:
+            if lo[0] <= x <= hi[0] and lo[1] <= y <= hi[1]:
+                return True
+        return False
 
     def _exit_distance(self, x: float, y: float) -> float:
         best = math.inf
@@ -210,23 +254,39 @@ class FloorTracker:
         Q[4, 4] = self.cfg.head_height_noise ** 2 * dt
         return F, Q
 
-    def _predicted(self, ts: float, slots: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted (x, y, h) means (n, 3) and their covariances (n, 3, 3) at ``ts`` (not stored): the
-        (x, y, h) block of F m and F P F^T + Q, for every shopper at once (A selects that block of F)."""
-        info = self.info
-        n = len(slots)
-        m = np.array([info[k].m for k in slots]).reshape(n, 5, 1)
-        P = np.array([info[k].P for k in slots]).reshape(n, 5, 5)
-        dt = np.maximum(ts - np.array([info[k].t for k in slots], float), 0.0)
-        A = np.zeros((n, 3, 5))
-        A[:, 0, 0] = A[:, 1, 1] = A[:, 2, 4] = 1.0
-        A[:, 0, 2] = A[:, 1, 3] = dt
-        covs = A @ P @ A.transpose(0, 2, 1)
-        acc = self.cfg.process_noise ** 2 * dt ** 3 / 3  # white-noise acceleration, per axis
-        covs[:, 0, 0] += acc
-        covs[:, 1, 1] += acc
-        covs[:, 2, 2] += self.cfg.head_height_noise ** 2 * dt
-        return (A @ m)[:, :, 0], covs
+    def _gating(self, ts: float, slots: list[int], meas: list[_Meas]) -> _Gating:
+        """Every shopper of ``slots`` predicted to ``ts`` (F m, F P F^T + Q; not stored) and every (track,
+        shopper) pair's innovation, its covariance and squared Mahalanobis distance, all in one go: the matching
+        reads ``d2`` and :meth:`_correct` finishes the chosen pairs' Kalman updates from the rest.  Written out
+        for speed: F adds dt x velocity to the position (rows, then columns), Q comes from its four
+        coefficients (:data:`_Q_BASIS`), H reads x, y and h of the state."""
+        cached = getattr(self, "_prior", None)  # (snapshots of older versions lack it)
+        if cached is not None and cached[0] == ts and cached[1] == slots:
+            m, P = cached[2], cached[3]  # an earlier camera's frame of this instant: corrected rows included
+        else:
+            info = self.info
+            n = len(slots)
+            m = np.array([info[k].m for k in slots])
+            P = np.array([info[k].P for k in slots])
+            dt = np.array([info[k].t for k in slots])
+            np.subtract(ts, dt, out=dt)
+            np.maximum(dt, 0.0, out=dt)
+            m[:, :2] += dt[:, None] * m[:, 2:4]
+            dt3 = dt[:, None, None]
+            P[:, :2] += dt3 * P[:, 2:4]
+            P[:, :, :2] += dt3 * P[:, :, 2:4]
+            q, hq = self.cfg.process_noise ** 2, self.cfg.head_height_noise ** 2
+            P += ((dt[:, None] ** _Q_POWERS * (q / 3, q / 2, q, hq)) @ _Q_BASIS).reshape(n, 5, 5)
+            self._prior = (ts, list(slots), m, P)
+        rows = np.array([mm.row for mm in meas])
+        H, z, R = rows[:, :10].reshape(-1, 2, 5), rows[:, 10:12], rows[:, 12:].reshape(-1, 2, 2)
+        HP = H[:, None] @ P  # (k, n, 2, 5); its transpose is P H^T (P is symmetric)
+        S = HP @ H[:, None].swapaxes(2, 3)
+        S += R[:, None]
+        e = z[:, None] - (H @ m.T).swapaxes(1, 2)  # (k, n, 2)
+        (a, b, _, c), (e0, e1) = S.reshape(-1, 4).T, e.reshape(-1, 2).T  # S^-1 in closed form: rows are cheap
+        d2 = ((c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)).reshape(len(meas), len(slots))
+        return _Gating(m, P, HP, S, e, d2)
 
     def _measure(self, t: TrackObs) -> _Meas:
         cfg = self.cfg
@@ -238,15 +298,17 @@ class FloorTracker:
                 u, v = _perp_basis(dx, dy, dz)
                 s = (cfg.head_height_m - oz) / dz
                 sd = cfg.head_ray_sd_m + cfg.head_ray_sd_per_m * abs(s)  # d is a unit vector: |s| is the range
-                return _Meas(np.array((u, v)),
-                             np.array((u[0] * ox + u[1] * oy + u[2] * oz, v[0] * ox + v[1] * oy + v[2] * oz)),
-                             np.array(((sd * sd, 0.0), (0.0, sd * sd))), (ox + s * dx, oy + s * dy), _colour(t),
-                             (dx, dy, dz), sd)
+                (u0, u1, u2), (v0, v1, v2) = u, v
+                var = sd * sd
+                return _Meas((u0, u1, 0.0, 0.0, u2, v0, v1, 0.0, 0.0, v2,  # H: the two directions across the ray
+                              u0 * ox + u1 * oy + u2 * oz, v0 * ox + v1 * oy + v2 * oz, var, 0.0, 0.0, var),
+                             (ox + s * dx, oy + s * dy), _colour(t), (dx, dy, dz), sd)
         mvar = cfg.min_meas_sd ** 2
         cxx, cxy, cyy = t.cov
         fx, fy = t.floor
-        return _Meas(_FLOOR_H, np.array((fx, fy), float), np.array(((cxx + mvar, cxy), (cxy, cyy + mvar))),
-                     (float(fx), float(fy)), _colour(t))
+        fx, fy = float(fx), float(fy)
+        return _Meas((1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, fx, fy, cxx + mvar, cxy, cxy, cyy + mvar),
+                     (fx, fy), _colour(t))
 
     def _init_P(self, mm: _Meas) -> np.ndarray:
         """Covariance of (x, y, h) of a shopper born from the measurement ``mm``: along a head ray, the
@@ -254,28 +316,18 @@ class FloorTracker:
         hvar = self.cfg.head_height_sd_m ** 2
         if mm.ray is not None:
             g = np.array(mm.ray) / mm.ray[2]
-            return hvar * np.outer(g, g) + mm.sd * mm.sd * (mm.H.T @ mm.H)  # H^T H = uu^T + vv^T
+            H = mm.H[:, _POS]
+            return hvar * np.outer(g, g) + mm.sd * mm.sd * (H.T @ H)  # H^T H = uu^T + vv^T
         init = np.zeros((3, 3))
         init[:2, :2] = mm.R
         init[2, 2] = hvar
         return init
 
-    @staticmethod
-    def _mahalanobis(meas: list[_Meas], means: np.ndarray, covs: np.ndarray) -> np.ndarray:
-        """d^2 of every (track, shopper) pair, (m, n)."""
-        H = np.array([mm.H for mm in meas])  # (m, 2, 3)
-        z = np.array([mm.z for mm in meas])  # (m, 2)
-        R = np.array([mm.R for mm in meas])  # (m, 2, 2)
-        e = z[:, None, :] - np.einsum("rik,nk->rni", H, means)  # (m, n, 2)
-        S = np.einsum("rik,nkl,rjl->rnij", H, covs, H) + R[:, None]
-        a, b, c = S[..., 0, 0], S[..., 0, 1], S[..., 1, 1]
-        det = a * c - b * b
-        return (c * e[..., 0] ** 2 - 2 * b * e[..., 0] * e[..., 1] + a * e[..., 1] ** 2) / det
-
     def _kalman(self, s: ShopperInfo, ts: float, mm: _Meas) -> None:
         """Predict ``s`` to ``ts`` and update it with ``mm``: the textbook filter (m' = F m + K (z - H F m),
-        P' = (I - K H)(F P F^T + Q), K = P H^T (H P H^T + R)^-1, H reading (x, y, h) of the state) written
-        out in plain floats -- for 5 x 5 matrices numpy's per-call cost is most of the time."""
+        P' = (I - K H)(F P F^T + Q), K = P H^T (H P H^T + R)^-1, H reading (x, y, h) of the state) for one
+        shopper (one the frame's :meth:`_gating` did not cover: just born).  Plain floats: for 5 x 5 matrices
+        numpy's per-call cost is most of the time."""
         cfg = self.cfg
         m = s.m.tolist()
         P = s.P.tolist()
@@ -298,30 +350,39 @@ class FloorTracker:
                 P[j][i] += b
                 P[j][j] += c
             P[4][4] += cfg.head_height_noise ** 2 * dt
-        (h00, h01, h02), (h10, h11, h12) = mm.H.tolist()
-        (r00, r01), (r10, r11) = mm.R.tolist()
-        z0, z1 = mm.z.tolist()
-        # P H^T (5 x 2): H reads columns 0, 1 and 4 of P
-        pht = [(r[0] * h00 + r[1] * h01 + r[4] * h02, r[0] * h10 + r[1] * h11 + r[4] * h12) for r in P]
-        (a0, a1), (b0, b1), (c0, c1) = pht[0], pht[1], pht[4]
-        s00 = h00 * a0 + h01 * b0 + h02 * c0 + r00
-        s01 = h00 * a1 + h01 * b1 + h02 * c1 + r01
-        s10 = h10 * a0 + h11 * b0 + h12 * c0 + r10
-        s11 = h10 * a1 + h11 * b1 + h12 * c1 + r11
+        h00, h01, _, _, h02, h10, h11, _, _, h12, z0, z1, r00, r01, r10, r11 = mm.row
+        # H P (2 x 5): H reads rows 0, 1 and 4 of P (P is symmetric: this is (P H^T)^T)
+        p0, p1, p4 = P[0], P[1], P[4]
+        hp = ([h00 * u + h01 * v + h02 * w for u, v, w in zip(p0, p1, p4, strict=True)],
+              [h10 * u + h11 * v + h12 * w for u, v, w in zip(p0, p1, p4, strict=True)])
+        S = ((h00 * hp[0][0] + h01 * hp[0][1] + h02 * hp[0][4] + r00,
+              h10 * hp[0][0] + h11 * hp[0][1] + h12 * hp[0][4] + r01),
+             (h00 * hp[1][0] + h01 * hp[1][1] + h02 * hp[1][4] + r10,
+              h10 * hp[1][0] + h11 * hp[1][1] + h12 * hp[1][4] + r11))
+        e = (z0 - (h00 * m[0] + h01 * m[1] + h02 * m[4]), z1 - (h10 * m[0] + h11 * m[1] + h12 * m[4]))
+        self._correct(s, ts, m, P, hp, S, e)
+
+    def _correct(self, s: ShopperInfo, ts: float, m: list[float], P: list[list[float]],
+                 hp: Sequence[Sequence[float]], S: Sequence[Sequence[float]], e: Sequence[float]) -> None:
+        """The Kalman update of ``s`` at ``ts`` from its predicted mean and covariance (``m``, ``P``, lists)
+        and the measurement's ``H P`` (2 x 5), innovation covariance ``S`` (2 x 2) and innovation ``e``:
+        K = P H^T S^-1, m' = m + K e, P' = P - K H P; then the head height is kept in its range and the speed
+        under the limit.  Plain floats."""
+        cfg = self.cfg
+        (s00, s01), (s10, s11) = S
+        e0, e1 = e
         det = s00 * s11 - s01 * s10
-        i00, i01, i10, i11 = s11 / det, -s01 / det, -s10 / det, s00 / det  # S^-1
-        K = [(p0 * i00 + p1 * i10, p0 * i01 + p1 * i11) for p0, p1 in pht]
-        e0 = z0 - (h00 * m[0] + h01 * m[1] + h02 * m[4])
-        e1 = z1 - (h10 * m[0] + h11 * m[1] + h12 * m[4])
-        m = [mi + k0 * e0 + k1 * e1 for mi, (k0, k1) in zip(m, K, strict=True)]
-        for i in range(5):  # P - K (P H^T)^T, made symmetric
-            k0, k1 = K[i]
+        i00, i01, i11 = s11 / det, -s01 / det, s00 / det  # S^-1 (S is symmetric)
+        w0, w1 = i00 * e0 + i01 * e1, i01 * e0 + i11 * e1  # S^-1 e
+        hp0, hp1 = hp
+        x0 = [i00 * u + i01 * v for u, v in zip(hp0, hp1, strict=True)]  # S^-1 H P, row by row
+        x1 = [i01 * u + i11 * v for u, v in zip(hp0, hp1, strict=True)]
+        m = [mi + u * w0 + v * w1 for mi, u, v in zip(m, hp0, hp1, strict=True)]  # K e = (H P)^T S^-1 e
+        for i in range(5):  # P - (H P)^T S^-1 H P: symmetric as written, one triangle computed
+            u, v = hp0[i], hp1[i]
+            Pi = P[i]
             for j in range(i, 5):
-                g0, g1 = pht[j]
-                kj0, kj1 = K[j]
-                pi0, pi1 = pht[i]
-                v = ((P[i][j] - (k0 * g0 + k1 * g1)) + (P[j][i] - (kj0 * pi0 + kj1 * pi1))) / 2
-                P[i][j] = P[j][i] = v
+                Pi[j] = P[j][i] = Pi[j] - (u * x0[j] + v * x1[j])
         lo, hi = cfg.head_height_range
         m[4] = min(max(m[4], lo), hi)
         speed = math.hypot(m[2], m[3])
@@ -358,12 +419,16 @@ class FloorTracker:
         assigned: dict[int, int] = {}
         d2 = np.zeros((len(tracks), 0))
         colour = None
+        gating = None
+        col: dict[int, int] = {}  # live slot -> its column
         if live:
-            means, covs = self._predicted(ts, live)
-            d2 = self._mahalanobis(meas, means, covs)
+            gating = self._gating(ts, live, meas)
+            d2 = gating.d2
             cost = np.where(d2 < cfg.gate_chi2, d2, _BIG)
-            lost = np.array([self.info[s].state == LOST for s in live])
-            cost[:, lost] = _BIG  # lost shoppers only through their link or by recovery below
+            info = self.info
+            lost = [j for j, slot in enumerate(live) if info[slot].state == LOST]
+            if lost:
+                cost[:, lost] = _BIG  # lost shoppers only through their link or by recovery below
             col = {slot: j for j, slot in enumerate(live)}
             for r, t in enumerate(tracks):
                 j = col.get(links.get(t.track_id, -1))
@@ -372,9 +437,14 @@ class FloorTracker:
             colour = self._colour_cost(meas, live)
             if colour is not None:
                 cost = np.where(cost < _BIG, cost + colour, _BIG)
-            if cost.min() < _BIG:
+            if len(tracks) == 1:  # (the assignment of one row is its cheapest column)
+                j = int(cost[0].argmin())
+                if cost[0, j] < _BIG:
+                    assigned = {0: live[j]}
+            elif cost.min() < _BIG:
                 rows, cols = linear_sum_assignment(cost)
-                assigned = {int(r): live[int(c)] for r, c in zip(rows, cols, strict=True) if cost[r, c] < _BIG}
+                assigned = {r: live[c] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
+                            if cost[r, c] < _BIG}
 
         taken = set(assigned.values())
         for r in range(len(tracks)):
@@ -393,12 +463,19 @@ class FloorTracker:
         for r in sorted(assigned):
             slot = assigned[r]
             s = self.info[slot]
-            self._kalman(s, ts, meas[r])
+            j = col.get(slot) if gating is not None else None
+            if j is None:
+                self._kalman(s, ts, meas[r])
+            else:
+                g = gating
+                self._correct(s, ts, g.m[j].tolist(), g.P[j].tolist(), g.HP[r, j].tolist(), g.S[r, j].tolist(),
+                              g.e[r, j].tolist())
+                g.m[j], g.P[j] = s.m, s.P  # the instant's next camera starts from the corrected state
             s.seen = ts
             s.state = ACTIVE
             t = tracks[r]
             links[t.track_id] = slot
-            x, y = float(s.m[0]), float(s.m[1])
+            x, y = s.m[:2].tolist()
             s.path.append((ts, x, y))
             s.cameras.add(camera)
             if meas[r].colour is not None:
@@ -452,10 +529,13 @@ class FloorTracker:
     def _note_apart(self, seen: list[ShopperInfo]) -> None:
         """Shoppers one camera frame shows as different tracks close together are two people: never twins."""
         near = 2 * self.cfg.merge_m
+        xy = [s.m[:2].tolist() for s in seen]
         for a in range(len(seen)):
+            xa, ya = xy[a]
             for b in range(a + 1, len(seen)):
-                sa, sb = seen[a], seen[b]
-                if abs(sa.m[0] - sb.m[0]) < near and abs(sa.m[1] - sb.m[1]) < near:
+                xb, yb = xy[b]
+                if abs(xa - xb) < near and abs(ya - yb) < near:
+                    sa, sb = seen[a], seen[b]
                     sa.apart = sa.apart | {sb.id}
                     sb.apart = sb.apart | {sa.id}
 
@@ -506,6 +586,7 @@ class FloorTracker:
             into.m, into.P, into.t, into.seen, into.state = dup.m.copy(), dup.P.copy(), dup.t, dup.seen, ACTIVE
         dup.merged_into = into.id
         self._retire(dup, ts)
+        self._prior = None
 
     # ------------------------------------------------------------------------------------------- colour
     def _colour_cost(self, meas: list[_Meas], slots: list[int]) -> np.ndarray | None:
@@ -594,6 +675,7 @@ class FloorTracker:
             return 0
         new_slot = {self._by_id[s.id]: k for k, s in enumerate(stay)}
         gone = len(self.info) - len(stay)
+        self._prior = None  # its slots are renumbered
         self.info = stay
         self._by_id = {s.id: k for k, s in enumerate(stay)}
         self._live = [new_slot[k] for k in self._live]  # live shoppers never leave the list

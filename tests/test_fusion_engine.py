@@ -323,23 +323,79 @@ def test_forget_keeps_the_shoppers_of_a_visit_not_yet_settled():
     assert all(eng.visits.visits[v].settled is False for v in eng.visits.visits)
 
 
-@pytest.mark.parametrize("n", [1, 3, 12])
-def test_prediction_of_every_shopper_at_once_is_the_kalman_predict(n: int) -> None:
-    """``_predicted`` (all shoppers in one go) is the (x, y, h) block of F m and F P F^T + Q of each one."""
-    eng, _ = run(two_neighbours("L2", "L3"))
-    floor = eng.floor
-    rng = np.random.default_rng(n)
+def _random_shoppers(floor, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     template = floor.info[0]
     floor.info = []
     for _ in range(n):
         a = rng.normal(size=(5, 5))
-        floor.info.append(replace(template, m=rng.normal(size=5), P=a @ a.T, t=10.0 - rng.uniform(0, 0.3)))
-    means, covs = floor._predicted(10.2, list(range(n)))
-    sel = [0, 1, 4]
-    for k, s in enumerate(floor.info):
+        floor.info.append(replace(template, m=rng.normal(size=5), P=a @ a.T + np.eye(5) * 0.1,
+                                  t=10.0 - rng.uniform(0, 0.3)))
+
+
+def _observations(k: int) -> list[TrackObs]:
+    return [TrackObs(r, (2.0 + r, 3.0 - r), (0.04, 0.01, 0.05), [],
+                     ((1.0, 1.0, 3.0), (0.3 - 0.1 * r, 0.5, -0.8)) if r % 2 == 0 else None) for r in range(k)]
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (3, 2), (12, 4)])
+def test_gating_of_every_pair_at_once_is_the_textbook_prediction_and_distance(n: int, k: int) -> None:
+    """``_gating`` (all shoppers and tracks of a frame in one go) predicts each shopper as F m, F P F^T + Q and
+    scores each (track, shopper) pair with the Mahalanobis distance of its innovation."""
+    eng, _ = run(two_neighbours("L2", "L3"))
+    floor = eng.floor
+    floor._prior = None
+    _random_shoppers(floor, n, n)
+    meas = [floor._measure(o) for o in _observations(k)]
+    g = floor._gating(10.2, list(range(n)), meas)
+    for j, s in enumerate(floor.info):
         F, Q = floor._F_Q(max(10.2 - s.t, 0.0))
-        np.testing.assert_allclose(means[k], (F @ s.m)[sel], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(covs[k], (F @ s.P @ F.T + Q)[np.ix_(sel, sel)], rtol=1e-12, atol=1e-12)
+        m, P = F @ s.m, F @ s.P @ F.T + Q
+        np.testing.assert_allclose(g.m[j], m, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g.P[j], P, rtol=1e-12, atol=1e-12)
+        for r, mm in enumerate(meas):
+            e = mm.z - mm.H @ m
+            np.testing.assert_allclose(g.d2[r, j], e @ np.linalg.inv(mm.H @ P @ mm.H.T + mm.R) @ e, rtol=1e-9)
+
+
+def test_the_gated_update_is_the_single_kalman_update() -> None:
+    """The matched pairs' updates (``_correct`` from the frame's gating) give what ``_kalman`` (predict and
+    update one shopper) gives, and the frame's next camera at the same instant starts from the updated state."""
+    eng, _ = run(two_neighbours("L2", "L3"))
+    floor = eng.floor
+    _random_shoppers(floor, 3, 5)
+    floor._live = [0, 1, 2]
+    floor._prior = None
+    twin = [replace(s, m=s.m.copy(), P=s.P.copy()) for s in floor.info]
+    meas = [floor._measure(o) for o in _observations(2)]
+    g = floor._gating(10.2, [0, 1, 2], meas)
+    floor._correct(floor.info[2], 10.2, g.m[2].tolist(), g.P[2].tolist(), g.HP[1, 2].tolist(), g.S[1, 2].tolist(),
+                   g.e[1, 2].tolist())
+    floor._kalman(twin[2], 10.2, meas[1])
+    np.testing.assert_allclose(floor.info[2].m, twin[2].m, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(floor.info[2].P, twin[2].P, rtol=1e-9, atol=1e-12)
+    assert floor.info[2].t == twin[2].t == 10.2
+
+
+def test_cameras_of_one_instant_share_the_prediction_and_nothing_changes() -> None:
+    """Within an instant, the second and third cameras start from the first one's prediction (corrected where
+    it matched): the shoppers end exactly where predicting afresh for every frame puts them."""
+    msgs = crowd_messages("t1", 8, 3.0)
+    fresh = FusionEngine(STORE)
+    original = fresh.floor._gating
+
+    def afresh(ts, slots, meas):
+        fresh.floor._prior = None
+        return original(ts, slots, meas)
+
+    fresh.floor._gating = afresh
+    shared, eff_shared = run(msgs)
+    fresh, eff_fresh = run(msgs, fresh)
+    assert receipts(eff_shared) == receipts(eff_fresh)
+    assert [s.id for s in shared.floor.info] == [s.id for s in fresh.floor.info]
+    for a, b in zip(shared.floor.info, fresh.floor.info, strict=True):
+        np.testing.assert_allclose(a.m, b.m, rtol=1e-9, atol=1e-9)
+        assert [p[0] for p in a.path] == [p[0] for p in b.path]
 
 
 @pytest.mark.parametrize("lag", [0.0005, 0.004, -0.0005])
@@ -381,8 +437,7 @@ def test_kalman_update_is_the_textbook_one(head: bool) -> None:
     s = replace(floor.info[0], m=np.array([1.8, 2.9, 0.4, -0.2, 1.6]), P=a @ a.T / 10 + np.eye(5) * 0.05, t=9.9)
     F, Q = floor._F_Q(0.1)
     m, P = F @ s.m, F @ s.P @ F.T + Q
-    H = np.zeros((2, 5))
-    H[:, [0, 1, 4]] = mm.H
+    H = mm.H
     K = P @ H.T @ np.linalg.inv(H @ P @ H.T + mm.R)
     want_m, want_P = m + K @ (mm.z - H @ m), (np.eye(5) - K @ H) @ P
     floor._kalman(s, 10.0, mm)
