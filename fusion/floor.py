@@ -602,12 +602,14 @@ class FloorTracker:
         known = [j for j, k in enumerate(slots) if self.info[k].colour_n >= cfg.colour_min_obs]
         if not known:
             return None
-        out = np.zeros((len(meas), len(slots)))
-        out[rows] = min(3.0, cfg.colour_cap)
         c = np.array([meas[r].colour for r in rows])
         m = np.array([self.info[slots[j]].colour for j in known])
-        d2 = self.colour_d2(c[:, None, :], m[None, :, :])
-        out[np.ix_(rows, known)] = np.minimum(d2, cfg.colour_cap)
+        d2 = np.minimum(self.colour_d2(c[:, None, :], m[None, :, :]), cfg.colour_cap)
+        if len(rows) == len(meas) and len(known) == len(slots):
+            return d2  # (every track has a colour and every shopper's is known: the usual case)
+        out = np.zeros((len(meas), len(slots)))
+        out[rows] = min(3.0, cfg.colour_cap)
+        out[np.ix_(rows, known)] = d2
         return out
 
     def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
