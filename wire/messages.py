@@ -62,7 +62,8 @@ class Ray(_Strict):
 
     @model_validator(mode="after")
     def _unit(self) -> Ray:
-        n = math.sqrt(sum(c * c for c in self.dir))
+        x, y, z = self.dir
+        n = math.sqrt(x * x + y * y + z * z)
         if not 0.99 <= n <= 1.01:
             raise ValueError(f"dir must be a unit vector, its norm is {n:.4g}")
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from pydantic import BaseModel
 
@@ -117,6 +118,7 @@ def subscription(kind: Kind, store: str = "+", key: str = "+") -> str:
     return spec.pattern.replace("{store}", store).replace("{" + spec.key + "}", key)
 
 
+@lru_cache(maxsize=4096)  # a store has a few hundred topics, each seen many times a second
 def parse_topic(name: str) -> TopicInfo:
     if not name.startswith(PREFIX + "/"):
         raise TopicError(f"topic {name[:200]!r} is not under {PREFIX}/")
