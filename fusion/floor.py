@@ -133,7 +133,7 @@ class _Gating:
     P: np.ndarray  # (n, 5, 5) predicted covariances
     HP: np.ndarray  # (k, n, 2, 5) H P of each pair
     S: np.ndarray  # (k, n, 2, 2) innovation covariances
-    e: np.ndarray  # (k, n, 2) innovations
+    e: np.ndarray  # (k, 2, n) innovations
     d2: np.ndarray  # (k, n) squared Mahalanobis distances
 
 
@@ -157,8 +157,11 @@ def _q_basis() -> np.ndarray:
 
 
 _Q_BASIS = _q_basis()
+_EYE5 = np.eye(5)
+_VEL_TO_POS = np.zeros((5, 5))  # F = I + dt x this: the position moves by dt x velocity
+_VEL_TO_POS[0, 2] = _VEL_TO_POS[1, 3] = 1.0
 _Q_POWERS = np.array([3.0, 2.0, 1.0, 1.0])  # of dt, per row of _Q_BASIS
-for _a in (_Q_BASIS, _Q_POWERS):
+for _a in (_Q_BASIS, _Q_POWERS, _EYE5, _VEL_TO_POS):
     _a.flags.writeable = False
 
 
@@ -189,6 +192,7 @@ class FloorTracker:
         # the latest frame's prediction (ts, slots, means, covariances), kept up to date by the corrections:
         # the other cameras of the same instant start from it (:meth:`_gating`)
         self._prior: tuple[float, list[int], np.ndarray, np.ndarray] | None = None
+        self._scanned: float | None = None  # the latest instant whose lost and vanished shoppers were found
 
     # ------------------------------------------------------------------------------------------- queries
     def shopper(self, sid: str) -> ShopperInfo:
@@ -258,23 +262,20 @@ class FloorTracker:
         """Every shopper of ``slots`` predicted to ``ts`` (F m, F P F^T + Q; not stored) and every (track,
         shopper) pair's innovation, its covariance and squared Mahalanobis distance, all in one go: the matching
         reads ``d2`` and :meth:`_correct` finishes the chosen pairs' Kalman updates from the rest.  Written out
-        for speed: F adds dt x velocity to the position (rows, then columns), Q comes from its four
-        coefficients (:data:`_Q_BASIS`), H reads x, y and h of the state."""
+        for speed: F = I + dt x :data:`_VEL_TO_POS` per shopper, Q from its four coefficients
+        (:data:`_Q_BASIS`), the 2 x 2 inverses of S in closed form."""
         cached = getattr(self, "_prior", None)  # (snapshots of older versions lack it)
         if cached is not None and cached[0] == ts and cached[1] == slots:
             m, P = cached[2], cached[3]  # an earlier camera's frame of this instant: corrected rows included
         else:
             info = self.info
             n = len(slots)
-            m = np.array([info[k].m for k in slots])
-            P = np.array([info[k].P for k in slots])
             dt = np.array([info[k].t for k in slots])
             np.subtract(ts, dt, out=dt)
             np.maximum(dt, 0.0, out=dt)
-            m[:, :2] += dt[:, None] * m[:, 2:4]
-            dt3 = dt[:, None, None]
-            P[:, :2] += dt3 * P[:, 2:4]
-            P[:, :, :2] += dt3 * P[:, :, 2:4]
+            F = _EYE5 + dt[:, None, None] * _VEL_TO_POS
+            m = (F @ np.array([info[k].m for k in slots])[..., None])[..., 0]
+            P = F @ np.array([info[k].P for k in slots]) @ F.swapaxes(1, 2)
             q, hq = self.cfg.process_noise ** 2, self.cfg.head_height_noise ** 2
             P += ((dt[:, None] ** _Q_POWERS * (q / 3, q / 2, q, hq)) @ _Q_BASIS).reshape(n, 5, 5)
             self._prior = (ts, list(slots), m, P)
@@ -283,8 +284,9 @@ class FloorTracker:
         HP = H[:, None] @ P  # (k, n, 2, 5); its transpose is P H^T (P is symmetric)
         S = HP @ H[:, None].swapaxes(2, 3)
         S += R[:, None]
-        e = z[:, None] - (H @ m.T).swapaxes(1, 2)  # (k, n, 2)
-        (a, b, _, c), (e0, e1) = S.reshape(-1, 4).T, e.reshape(-1, 2).T  # S^-1 in closed form: rows are cheap
+        e = z[:, :, None] - H @ m.T  # (k, 2, n)
+        a, b, _, c = S.reshape(-1, 4).T  # S^-1 in closed form (unpacking rows is cheaper than indexing S)
+        e0, e1 = e[:, 0].ravel(), e[:, 1].ravel()
         d2 = ((c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)).reshape(len(meas), len(slots))
         return _Gating(m, P, HP, S, e, d2)
 
@@ -360,38 +362,34 @@ class FloorTracker:
              (h00 * hp[1][0] + h01 * hp[1][1] + h02 * hp[1][4] + r10,
               h10 * hp[1][0] + h11 * hp[1][1] + h12 * hp[1][4] + r11))
         e = (z0 - (h00 * m[0] + h01 * m[1] + h02 * m[4]), z1 - (h10 * m[0] + h11 * m[1] + h12 * m[4]))
-        self._correct(s, ts, m, P, hp, S, e)
+        self._correct(s, ts, np.array(m), np.array(P), np.array(hp), S, e)
 
-    def _correct(self, s: ShopperInfo, ts: float, m: list[float], P: list[list[float]],
-                 hp: Sequence[Sequence[float]], S: Sequence[Sequence[float]], e: Sequence[float]) -> None:
-        """The Kalman update of ``s`` at ``ts`` from its predicted mean and covariance (``m``, ``P``, lists)
-        and the measurement's ``H P`` (2 x 5), innovation covariance ``S`` (2 x 2) and innovation ``e``:
-        K = P H^T S^-1, m' = m + K e, P' = P - K H P; then the head height is kept in its range and the speed
-        under the limit.  Plain floats."""
+    def _correct(self, s: ShopperInfo, ts: float, m: np.ndarray, P: np.ndarray, hp: np.ndarray,
+                 S: Sequence[Sequence[float]], e: Sequence[float]) -> None:
+        """The Kalman update of ``s`` at ``ts`` from its predicted mean and covariance (``m``, ``P``) and the
+        measurement's ``H P`` (2 x 5), innovation covariance ``S`` (2 x 2, floats) and innovation ``e``:
+        K = P H^T S^-1, m' = m + K e, P' = P - K H P = P - (H P)^T S^-1 (H P); then the head height is kept
+        in its range and the speed under the limit.  The new mean and covariance are new arrays; P' is
+        symmetric to the last bit."""
         cfg = self.cfg
-        (s00, s01), (s10, s11) = S
+        (s00, s01), (_, s11) = S
         e0, e1 = e
-        det = s00 * s11 - s01 * s10
+        det = s00 * s11 - s01 * s01
         i00, i01, i11 = s11 / det, -s01 / det, s00 / det  # S^-1 (S is symmetric)
-        w0, w1 = i00 * e0 + i01 * e1, i01 * e0 + i11 * e1  # S^-1 e
-        hp0, hp1 = hp
-        x0 = [i00 * u + i01 * v for u, v in zip(hp0, hp1, strict=True)]  # S^-1 H P, row by row
-        x1 = [i01 * u + i11 * v for u, v in zip(hp0, hp1, strict=True)]
-        m = [mi + u * w0 + v * w1 for mi, u, v in zip(m, hp0, hp1, strict=True)]  # K e = (H P)^T S^-1 e
-        for i in range(5):  # P - (H P)^T S^-1 H P: symmetric as written, one triangle computed
-            u, v = hp0[i], hp1[i]
-            Pi = P[i]
-            for j in range(i, 5):
-                Pi[j] = P[j][i] = Pi[j] - (u * x0[j] + v * x1[j])
+        u00 = math.sqrt(i00)  # S^-1 = U^T U, U upper triangular: then (H P)^T S^-1 (H P) = Y^T Y, Y = U H P,
+        u01 = i01 / u00  # symmetric as computed
+        u11 = math.sqrt(i11 - u01 * u01)
+        Y = np.array(((u00, u01), (0.0, u11))) @ hp
+        m = m + Y.T @ np.array((u00 * e0 + u01 * e1, u11 * e1))  # K e = (H P)^T S^-1 e = Y^T U e
+        P = P - Y.T @ Y
+        h, vx, vy = m[4], m[2], m[3]
         lo, hi = cfg.head_height_range
-        m[4] = min(max(m[4], lo), hi)
-        speed = math.hypot(m[2], m[3])
+        if not lo <= h <= hi:
+            m[4] = min(max(h, lo), hi)
+        speed = math.hypot(vx, vy)
         if speed > cfg.max_speed_mps:
-            m[2] *= cfg.max_speed_mps / speed
-            m[3] *= cfg.max_speed_mps / speed
-        s.m = np.array(m)
-        s.P = np.array(P)
-        s.t = ts
+            m[2:4] *= cfg.max_speed_mps / speed
+        s.m, s.P, s.t = m, P, ts
 
     # ------------------------------------------------------------------------------------------- update
     def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> list[str]:
@@ -399,7 +397,11 @@ class FloorTracker:
         self.now = max(self.now, ts)
         cfg = self.cfg
         left: list[str] = []
-        for s in [self.info[i] for i in self._live]:
+        # who is lost or gone: once per instant (its other cameras' frames could change nothing: ts is the same
+        # and ``seen`` only grows)
+        scan = [] if getattr(self, "_scanned", None) == ts else [self.info[i] for i in self._live]
+        self._scanned = ts
+        for s in scan:
             if s.state == ACTIVE and ts - s.seen > cfg.lost_after_s:
                 s.state = LOST
                 if self._exit_distance(s.x, s.y) <= cfg.exit_margin_m:
@@ -417,7 +419,7 @@ class FloorTracker:
         meas = [self._measure(t) for t in tracks]
         live = list(self._live)
         assigned: dict[int, int] = {}
-        d2 = np.zeros((len(tracks), 0))
+        d2 = None
         colour = None
         gating = None
         col: dict[int, int] = {}  # live slot -> its column
@@ -450,7 +452,7 @@ class FloorTracker:
         for r in range(len(tracks)):
             if r in assigned:
                 continue
-            slot = self._claim(ts, meas[r], d2[r] if live else None, live, taken,
+            slot = self._claim(ts, meas[r], None if d2 is None else d2[r], live, taken,
                                None if colour is None or meas[r].colour is None else colour[r])
             if slot is None:
                 fx, fy = meas[r].floor
@@ -468,8 +470,7 @@ class FloorTracker:
                 self._kalman(s, ts, meas[r])
             else:
                 g = gating
-                self._correct(s, ts, g.m[j].tolist(), g.P[j].tolist(), g.HP[r, j].tolist(), g.S[r, j].tolist(),
-                              g.e[r, j].tolist())
+                self._correct(s, ts, g.m[j], g.P[j], g.HP[r, j], g.S[r, j].tolist(), g.e[r, :, j].tolist())
                 g.m[j], g.P[j] = s.m, s.P  # the instant's next camera starts from the corrected state
             s.seen = ts
             s.state = ACTIVE
@@ -536,8 +537,9 @@ class FloorTracker:
                 xb, yb = xy[b]
                 if abs(xa - xb) < near and abs(ya - yb) < near:
                     sa, sb = seen[a], seen[b]
-                    sa.apart = sa.apart | {sb.id}
-                    sb.apart = sb.apart | {sa.id}
+                    if sb.id not in sa.apart:
+                        sa.apart = sa.apart | {sb.id}
+                        sb.apart = sb.apart | {sa.id}
 
     def _merge_twins(self, ts: float) -> None:
         """A shopper who appeared away from the gate (``unknown``: nobody enters but through it) and has

@@ -369,8 +369,8 @@ def test_the_gated_update_is_the_single_kalman_update() -> None:
     twin = [replace(s, m=s.m.copy(), P=s.P.copy()) for s in floor.info]
     meas = [floor._measure(o) for o in _observations(2)]
     g = floor._gating(10.2, [0, 1, 2], meas)
-    floor._correct(floor.info[2], 10.2, g.m[2].tolist(), g.P[2].tolist(), g.HP[1, 2].tolist(), g.S[1, 2].tolist(),
-                   g.e[1, 2].tolist())
+    floor._correct(floor.info[2], 10.2, g.m[2], g.P[2], g.HP[1, 2], g.S[1, 2].tolist(),
+                   g.e[1, :, 2].tolist())
     floor._kalman(twin[2], 10.2, meas[1])
     np.testing.assert_allclose(floor.info[2].m, twin[2].m, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(floor.info[2].P, twin[2].P, rtol=1e-9, atol=1e-12)
@@ -395,6 +395,7 @@ def test_cameras_of_one_instant_share_the_prediction_and_nothing_changes() -> No
     assert [s.id for s in shared.floor.info] == [s.id for s in fresh.floor.info]
     for a, b in zip(shared.floor.info, fresh.floor.info, strict=True):
         np.testing.assert_allclose(a.m, b.m, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(a.P, a.P.T)  # the update keeps P symmetric to the last bit
         assert [p[0] for p in a.path] == [p[0] for p in b.path]
 
 
