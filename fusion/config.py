@@ -41,6 +41,11 @@ class FloorConfig(_Cfg):
                                                    description="The filtered head height stays within these")
     head_height_noise: float = Field(0.05, ge=0, title="Head height noise",
                                      description="How fast the head height may change (crouch, lean), m/sqrt(s)")
+    crouch_sd_m: float = Field(0.45, ge=0, title="Crouch spread",
+                               description="How far a head may drop or rise at once when a shopper crouches to a "
+                                           "low shelf or stands up (m): a track left over by the matching that "
+                                           "fits an active shopper only with the head height this much less sure "
+                                           "joins them instead of becoming a new shopper (0: never)")
     min_head_conf: float = Field(0.3, ge=0, le=1, title="Head confidence",
                                  description="Head keypoints below this are not used as rays")
     head_ray_sd_m: float = Field(0.04, gt=0, title="Head ray sd",

@@ -396,6 +396,29 @@ class FloorTracker:
             m[2:4] *= cfg.max_speed_mps / speed
         s.m, s.P, s.t = m, P, ts
 
+    def _crouch_d2(self, g: _Gating, r: int, mm: _Meas) -> np.ndarray:
+        """d2 of track ``r`` against every gated shopper with the head height ``crouch_sd_m`` less sure: a
+        shopper crouching to a low shelf or standing up moves the head faster than the filter follows, and
+        the ray of the lowered head then misses the head where the filter has it.  S grows by that variance
+        along H's height column."""
+        cv = self.cfg.crouch_sd_m ** 2
+        h0, h1 = mm.row[4], mm.row[9]
+        S = g.S[r]
+        a = S[:, 0, 0] + cv * h0 * h0
+        b = S[:, 0, 1] + cv * h0 * h1
+        c = S[:, 1, 1] + cv * h1 * h1
+        e0, e1 = g.e[r]
+        return (c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)
+
+    def _crouch_update(self, s: ShopperInfo, ts: float, g: _Gating, r: int, j: int, mm: _Meas) -> None:
+        """The Kalman update of a pair matched by :meth:`_crouch_d2`: the predicted head height gets the
+        crouch's variance first, so the ray moves the head height rather than the position."""
+        P = g.P[j].copy()
+        P[4, 4] += self.cfg.crouch_sd_m ** 2
+        H = mm.H
+        hp = H @ P
+        self._correct(s, ts, g.m[j], P, hp, (hp @ H.T + mm.R).tolist(), g.e[r, :, j].tolist())
+
     # ------------------------------------------------------------------------------------------- update
     def update(self, camera: str, ts: float, tracks: list[TrackObs]) -> list[str]:
         """Fold one camera frame into the shoppers.  Returns the ids of shoppers who left during it."""
@@ -454,11 +477,18 @@ class FloorTracker:
                             if cost[r, c] < _BIG}
 
         taken = set(assigned.values())
+        crouched: set[int] = set()  # tracks that joined a shopper only with the head height let loose
         for r in range(len(tracks)):
             if r in assigned:
                 continue
-            slot = self._claim(ts, meas[r], None if d2 is None else d2[r], live, taken,
-                               None if colour is None or meas[r].colour is None else colour[r])
+            colour_row = None if colour is None or meas[r].colour is None else colour[r]
+            slot = None if d2 is None else self._handoff(d2[r], live, taken, colour_row)
+            if slot is None and gating is not None and cfg.crouch_sd_m > 0 and meas[r].ray is not None:
+                slot = self._handoff(self._crouch_d2(gating, r, meas[r]), live, taken, colour_row)
+                if slot is not None:
+                    crouched.add(r)
+            if slot is None:
+                slot = self._recover(ts, meas[r], live, taken, colour_row)
             if slot is None:
                 fx, fy = meas[r].floor
                 if self._exit_distance(fx, fy) <= cfg.exit_margin_m:
@@ -475,7 +505,10 @@ class FloorTracker:
                 self._kalman(s, ts, meas[r])
             else:
                 g = gating
-                self._correct(s, ts, g.m[j], g.P[j], g.HP[r, j], g.S[r, j].tolist(), g.e[r, :, j].tolist())
+                if r in crouched:
+                    self._crouch_update(s, ts, g, r, j, meas[r])
+                else:
+                    self._correct(s, ts, g.m[j], g.P[j], g.HP[r, j], g.S[r, j].tolist(), g.e[r, :, j].tolist())
                 g.m[j], g.P[j] = s.m, s.P  # the instant's next camera starts from the corrected state
             s.seen = ts
             s.state = ACTIVE
@@ -492,25 +525,27 @@ class FloorTracker:
             if self._in_exit(x, y):
                 left.append(self._retire(s, ts))
         if len(assigned) > 1:
-            self._note_apart([self.info[k] for k in assigned.values()])
+            self._note_apart([(self.info[k], meas[r].floor) for r, k in assigned.items()])
         self._merge_twins(ts)
         return left
 
-    def _claim(self, ts: float, mm: _Meas, d2_row: np.ndarray | None, live: list[int],
-               taken: set[int], colour_row: np.ndarray | None = None) -> int | None:
-        """The shopper a track the assignment left over belongs to, if any: an active one this camera does
-        not see right now within the hand-off gate, else a lost one (see the module docstring).  Among
-        several, position and colour (``colour_row``, by ``live`` column) decide together."""
+    def _handoff(self, d2_row: np.ndarray, live: list[int], taken: set[int],
+                 colour_row: np.ndarray | None = None) -> int | None:
+        """The active shopper this camera does not see right now that a track the assignment left over
+        joins, if any is within the hand-off gate (``d2_row``, by ``live`` column).  Among several, position
+        and colour (``colour_row``) decide together."""
+        best, best_c = None, math.inf
+        for j, slot in enumerate(live):
+            if slot not in taken and self.info[slot].state == ACTIVE and d2_row[j] < self.cfg.handoff_chi2:
+                c = float(d2_row[j]) + (float(colour_row[j]) if colour_row is not None else 0.0)
+                if c < best_c:
+                    best, best_c = slot, c
+        return best
+
+    def _recover(self, ts: float, mm: _Meas, live: list[int], taken: set[int],
+                 colour_row: np.ndarray | None = None) -> int | None:
+        """The lost shopper a track nobody else took belongs to, if any (see the module docstring)."""
         cfg = self.cfg
-        if d2_row is not None:
-            best, best_c = None, math.inf
-            for j, slot in enumerate(live):
-                if slot not in taken and self.info[slot].state == ACTIVE and d2_row[j] < cfg.handoff_chi2:
-                    c = float(d2_row[j]) + (float(colour_row[j]) if colour_row is not None else 0.0)
-                    if c < best_c:
-                        best, best_c = slot, c
-            if best is not None:
-                return best
         fx, fy = mm.floor
         at_gate = self.near_gate(fx, fy)
         best, best_d = None, math.inf
@@ -532,16 +567,19 @@ class FloorTracker:
         return best
 
     # ------------------------------------------------------------------------------------------- duplicates
-    def _note_apart(self, seen: list[ShopperInfo]) -> None:
-        """Shoppers one camera frame shows as different tracks close together are two people: never twins."""
+    def _note_apart(self, seen: list[tuple[ShopperInfo, tuple[float, float]]]) -> None:
+        """Shoppers one camera frame shows as different tracks close together are two people: never twins.
+        ``seen``: the shoppers matched in the frame with their track's own floor position; both the shoppers
+        and the tracks must be close (a track matched by its link to a shopper it no longer fits -- another
+        person on the same line of sight -- says nothing about who stands next to that shopper)."""
         near = 2 * self.cfg.merge_m
-        xy = [s.m[:2].tolist() for s in seen]
+        xy = [(*s.m[:2].tolist(), *f) for s, f in seen]
         for a in range(len(seen)):
-            xa, ya = xy[a]
+            xa, ya, fxa, fya = xy[a]
             for b in range(a + 1, len(seen)):
-                xb, yb = xy[b]
-                if abs(xa - xb) < near and abs(ya - yb) < near:
-                    sa, sb = seen[a], seen[b]
+                xb, yb, fxb, fyb = xy[b]
+                if abs(xa - xb) < near and abs(ya - yb) < near and abs(fxa - fxb) < near and abs(fya - fyb) < near:
+                    sa, sb = seen[a][0], seen[b][0]
                     if sb.id not in sa.apart:
                         sa.apart = sa.apart | {sb.id}
                         sb.apart = sb.apart | {sa.id}
