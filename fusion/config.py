@@ -46,6 +46,13 @@ class FloorConfig(_Cfg):
                                            "low shelf or stands up (m): a track left over by the matching that "
                                            "fits an active shopper only with the head height this much less sure "
                                            "joins them instead of becoming a new shopper (0: never)")
+    crouch_trigger_chi2: float = Field(3.0, ge=0, title="Crouch trigger",
+                                       description="A matched head ray this far (Mahalanobis^2) from its shopper "
+                                                   "(0: never) ...")
+    crouch_explains: float = Field(0.5, ge=0, le=1, title="Crouch explains",
+                                   description="... that the head height crouch_sd_m less sure brings below this "
+                                               "fraction of it moves the head height, not the position: the ray "
+                                               "of a crouching shopper's head would otherwise drag them along it")
     min_head_conf: float = Field(0.3, ge=0, le=1, title="Head confidence",
                                  description="Head keypoints below this are not used as rays")
     head_ray_sd_m: float = Field(0.04, gt=0, title="Head ray sd",

@@ -22,6 +22,12 @@ matching cost gets the capped colour distance added: it keeps two shoppers apart
 camera's id switch where position alone cannot.  An ``unknown`` shopper who stays on top of an older one (a
 track the matching could not place, on someone crouching) is folded into them (:meth:`_merge_twins`).
 
+Crouching: a shopper crouching to a low shelf lowers the head faster than the filter's head height follows,
+and a ray through the lowered head, read at the standing height, points metres off.  A matched head ray that a
+crouch explains (its distance with the head height ``crouch_sd_m`` less sure falls below ``crouch_explains``
+of its own) moves the head height rather than dragging the shopper along the ray, and a track the matching left
+over that fits an active shopper only so joins them instead of becoming a new (phantom) shopper.
+
 Speed (``python -m bench.fusion``): a frame's shoppers and tracks are predicted and scored in one go
 (:meth:`_gating`), the matched pairs' updates are finished from those arrays (:meth:`_correct`), and the other
 cameras of the same instant start from the first one's prediction with the matched rows corrected, which is
@@ -505,7 +511,9 @@ class FloorTracker:
                 self._kalman(s, ts, meas[r])
             else:
                 g = gating
-                if r in crouched:
+                if r in crouched or (cfg.crouch_trigger_chi2 > 0 and g.d2[r, j] > cfg.crouch_trigger_chi2
+                                     and meas[r].ray is not None and cfg.crouch_sd_m > 0
+                                     and self._crouch_d2(g, r, meas[r])[j] < g.d2[r, j] * cfg.crouch_explains):
                     self._crouch_update(s, ts, g, r, j, meas[r])
                 else:
                     self._correct(s, ts, g.m[j], g.P[j], g.HP[r, j], g.S[r, j].tolist(), g.e[r, :, j].tolist())
