@@ -270,7 +270,8 @@ class FloorTracker:
         return F, Q
 
     def _gating(self, ts: float, slots: list[int], meas: list[_Meas]) -> _Gating:
-        """Every shopper of ``slots`` predicted to ``ts`` (F m, F P F^T + Q; not stored) and every (track,
+        """Every shopper of ``slots`` predicted to ``ts`` (F m, F P F^T + Q; not in the shoppers, but kept in
+        ``_prior`` for the instant's other cameras, with the rows its updates correct) and every (track,
         shopper) pair's innovation, its covariance and squared Mahalanobis distance, all in one go: the matching
         reads ``d2`` and :meth:`_correct` finishes the chosen pairs' Kalman updates from the rest.  Written out
         for speed: F = I + dt x :data:`_VEL_TO_POS` per shopper, Q from its four coefficients
