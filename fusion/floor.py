@@ -388,12 +388,18 @@ class FloorTracker:
         e0, e1 = e
         det = s00 * s11 - s01 * s01
         i00, i01, i11 = s11 / det, -s01 / det, s00 / det  # S^-1 (S is symmetric)
-        u00 = math.sqrt(i00)  # S^-1 = U^T U, U upper triangular: then (H P)^T S^-1 (H P) = Y^T Y, Y = U H P,
-        u01 = i01 / u00  # symmetric as computed
-        u11 = math.sqrt(i11 - u01 * u01)
-        Y = np.array(((u00, u01), (0.0, u11))) @ hp
-        m = m + Y.T @ np.array((u00 * e0 + u01 * e1, u11 * e1))  # K e = (H P)^T S^-1 e = Y^T U e
-        P = P - Y.T @ Y
+        u11sq = i11 - i01 * i01 / i00 if i00 > 0 else -1.0
+        if u11sq > 0:  # S^-1 = U^T U, U upper triangular: (H P)^T S^-1 (H P) = Y^T Y, Y = U H P, symmetric as
+            u00 = math.sqrt(i00)  # computed
+            u01, u11 = i01 / u00, math.sqrt(u11sq)
+            Y = np.array(((u00, u01), (0.0, u11))) @ hp
+            m = m + Y.T @ np.array((u00 * e0 + u01 * e1, u11 * e1))  # K e = (H P)^T S^-1 e = Y^T U e
+            P = P - Y.T @ Y
+        else:  # S not positive definite to working precision (absurd input): the plain form, made symmetric
+            X = np.array(((i00, i01), (i01, i11))) @ hp
+            m = m + X.T @ np.array(e)
+            P = P - hp.T @ X
+            P = (P + P.T) / 2
         h, vx, vy = m[4], m[2], m[3]
         lo, hi = cfg.head_height_range
         if not lo <= h <= hi:
