@@ -518,8 +518,8 @@ class FloorTracker:
                 self._kalman(s, ts, meas[r])
             else:
                 g = gating
-                if r in crouched or (cfg.crouch_trigger_chi2 > 0 and g.d2[r, j] > cfg.crouch_trigger_chi2
-                                     and meas[r].ray is not None and cfg.crouch_sd_m > 0
+                if r in crouched or (meas[r].ray is not None and cfg.crouch_trigger_chi2 > 0 and cfg.crouch_sd_m > 0
+                                     and g.d2[r, j] > cfg.crouch_trigger_chi2
                                      and self._crouch_d2(g, r, meas[r])[j] < g.d2[r, j] * cfg.crouch_explains):
                     self._crouch_update(s, ts, g, r, j, meas[r])
                 else:
