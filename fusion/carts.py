@@ -2,7 +2,8 @@
 
 A line never changes once written; totals and the receipt are derived from the lines.  A put-back removes from
 the cart of the shopper who put it back, matching the product among that cart's items by the shelf's weight
-candidates.
+candidates (:func:`choose_put_back`), or, when none of those is in the cart, by the weight itself
+(:func:`match_by_weight`: an item put back on another product's lane of a close weight).
 """
 
 from __future__ import annotations
@@ -83,6 +84,26 @@ class Cart:
                 out.append({"sku": sku, "name": p.name if p else sku, "qty": qty, "unit_price": price[sku],
                             "amount": qty * price[sku], "uncertain": sku in flagged})
         return out
+
+
+def match_by_weight(cart: Cart, delta_g: float, weights: dict[str, tuple[float, float]], shelf_sd_g: float,
+                    max_z: float, max_qty: int = 3) -> tuple[str, int, float] | None:
+    """What the cart holds that weighs ``delta_g`` grams: ``(sku, qty, z)`` with z = |delta - qty w| /
+    sqrt(qty sd^2 + shelf_sd_g^2) from ``weights`` (sku -> unit weight and its sd), the smallest one within
+    ``max_z`` -- and None when another holding is within ``max_z`` too (which one came back is not known)."""
+    fits = []
+    for sku, held in sorted(cart.holdings().items()):
+        if sku not in weights:
+            continue
+        w, sd = weights[sku]
+        for q in range(1, min(held, max_qty) + 1):
+            z = abs(delta_g - q * w) / (q * sd * sd + shelf_sd_g * shelf_sd_g) ** 0.5
+            if z <= max_z:
+                fits.append((z, sku, q))
+    if len({sku for _, sku, _ in fits}) != 1:
+        return None
+    z, sku, q = min(fits)
+    return sku, q, z
 
 
 def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]], min_mass: float = 0.0

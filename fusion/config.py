@@ -147,6 +147,15 @@ class AssociationConfig(_Cfg):
                                      description="A put-back's product is judged among what the cart holds "
                                                  "when those candidates carry at least this much of the shelf's "
                                                  "probability; else the shelf's own probability stands")
+    put_back_weight_sd_g: float = Field(1.5, gt=0, title="Put-back weighing spread",
+                                        description="The shelf's weighing error (g) when a put-back the shelf read "
+                                                    "as a product the cart does not hold is matched against the "
+                                                    "cart's items by weight ...")
+    put_back_weight_max_z: float = Field(4.0, ge=0, title="Put-back weight match",
+                                         description="... within this many spreads (0: never; two holdings "
+                                                     "within it: no match) ...")
+    put_back_weight_sure_z: float = Field(2.0, ge=0, title="Put-back weight match, sure",
+                                          description="... and a match farther than this is uncertain")
     sibling_same_shopper: float = Field(0.3, gt=0, le=1, title="One shopper, two lanes at once",
                                         description="How likely one shopper did two events of one shelf change "
                                                     "(two products' lanes at once) against two shoppers doing "

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from calibration.store import Box, Shelf, Store
 from fusion.association import Association, associate, reweigh, sibling_factors
-from fusion.carts import Cart, Line, choose_put_back
+from fusion.carts import Cart, Line, choose_put_back, match_by_weight
 from fusion.config import FusionConfig
 from fusion.floor import FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
@@ -488,19 +488,33 @@ class FusionEngine:
         if not cands:
             cart.issues.append(f"event {ev.event_id}: {ev.action} of {ev.delta_g:.0f} g not identified")
             return None
+        reasons_extra: list[str] = []
         if ev.action == "pick":
             sku, qty, p = cands[0]
             kind = "pick"
         else:
             choice = choose_put_back(cart, cands, cfg.put_back_min_mass)
-            if choice is None:
+            weighed = None
+            if choice is None and cfg.put_back_weight_max_z > 0:
+                units = {sku: (pr.weight_g, pr.weight_sd_g) for sku, pr in self.store.products.items()}
+                weighed = match_by_weight(cart, abs(ev.delta_g), units, cfg.put_back_weight_sd_g,
+                                          cfg.put_back_weight_max_z)
+            if choice is None and weighed is None:
                 cart.issues.append(f"event {ev.event_id}: put-back of {cands[0][0]} not in the cart")
                 return None
-            sku, qty, p = choice
-            foreign = any(c.foreign for c in ev.candidates if c.sku == sku)
-            kind = "misplaced_return" if foreign else "put_back"
+            if weighed is not None:  # put back on another product's lane: what the cart holds of that weight
+                sku, qty, z = weighed
+                p = 1.0
+                kind = "misplaced_return"
+                if z > cfg.put_back_weight_sure_z:
+                    reasons_extra = [(f"put-back read as {cands[0][0]} (not in the cart) taken as {sku} by its "
+                                      f"weight, {z:.1f} spreads off")]
+            else:
+                sku, qty, p = choice
+                foreign = any(c.foreign for c in ev.candidates if c.sku == sku)
+                kind = "misplaced_return" if foreign else "put_back"
             qty = -qty
-        reasons = [a.reason] if a.uncertain else []
+        reasons = ([a.reason] if a.uncertain else []) + reasons_extra
         if a.shopper is not None and self.floor.shopper(a.shopper).adopted:
             reasons.append(f"shopper {a.shopper} was bound to the visit by colour only")
         if p < cfg.min_candidate_p:

@@ -1,10 +1,11 @@
-"""A put-back's product is judged among what the cart holds (fusion/carts.py ``choose_put_back``)."""
+"""A put-back's product is judged among what the cart holds (fusion/carts.py ``choose_put_back``), or by its weight
+when the shelf read it as something the cart does not hold (``match_by_weight``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from fusion.carts import Cart, Line, choose_put_back
+from fusion.carts import Cart, Line, choose_put_back, match_by_weight
 
 SHELF = [("POWERADE", 1, 0.65), ("GATORADE", 1, 0.30), ("WATER", 2, 0.05)]  # a misplaced 640 g return
 
@@ -29,6 +30,26 @@ def _cart(*skus: str) -> Cart:
 ])
 def test_a_put_back_is_judged_among_what_the_cart_holds(held, min_mass, expected):
     got = choose_put_back(_cart(*held), SHELF, min_mass)
+    if expected is None:
+        assert got is None
+    else:
+        assert got[:2] == expected[:2] and got[2] == pytest.approx(expected[2])
+
+
+WEIGHTS = {"CLIF": (73.0, 1.5), "BANDAID": (75.0, 1.2), "CHIPS": (28.0, 1.0)}
+
+
+@pytest.mark.parametrize(("held", "delta_g", "expected"), [
+    (("CLIF",), 77.5, ("CLIF", 1, 4.5 / (1.5 ** 2 + 1.5 ** 2) ** 0.5)),  # a Clif bar on the Band-Aid lane
+    (("CLIF", "CLIF"), 146.5, ("CLIF", 2, 0.5 / (2 * 1.5 ** 2 + 1.5 ** 2) ** 0.5)),  # two of them at once
+    (("CLIF", "CHIPS"), 28.4, ("CHIPS", 1, 0.4 / (1.0 + 1.5 ** 2) ** 0.5)),
+    (("CLIF", "BANDAID"), 74.0, None),  # both weigh that much: which came back is not known
+    (("CLIF",), 90.0, None),  # nothing in the cart weighs that
+    (("JUICE",), 73.0, None),  # no weight known for it
+    ((), 73.0, None),
+])
+def test_a_put_back_nothing_on_the_shelf_explains_is_matched_to_the_cart_by_weight(held, delta_g, expected):
+    got = match_by_weight(_cart(*held), delta_g, WEIGHTS, shelf_sd_g=1.5, max_z=4.0)
     if expected is None:
         assert got is None
     else:

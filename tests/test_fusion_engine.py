@@ -640,3 +640,32 @@ def test_a_shopper_found_again_under_a_new_id_is_adopted_by_the_visit_of_that_co
     # shopper's line is also the reviewer's to confirm
     assert r["acct-alice"].decision == "hold"
     assert any("by colour only" in why for why in r["acct-alice"].reasons) == alice_gets_it
+
+
+@pytest.mark.parametrize("off_g, max_z, decision, left", [
+    (1.0, 4.0, "no_charge", 0),  # the shelf read a P3, but what carol holds weighs that: her P2 came back
+    (6.0, 4.0, "hold", 0),  # 2.4 spreads off: taken back, but a person should look
+    (1.0, 0.0, "hold", 1),  # without weighing against the cart: a put-back of something she does not hold
+])
+def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_weight(off_g, max_z, decision, left):
+    """Carol picks a P2 (237 g) from L2 and puts it back on L3, P3's lane: the shelf reads the +237 g there as
+    a P3, which carol does not hold; the weight matches her P2."""
+    l2, l3 = lane_target(STORE, "L2"), lane_target(STORE, "L3")
+    s = ScriptedShopper("carol", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, 1.5, 2.65), (14.0, 1.5, 2.65),
+                                  (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)], [(6.0, 7.0, l2), (10.0, 11.0, l3)])
+    grams = STORE.products["P2"].weight_g + off_g
+    put = shelf_event(STORE, "e2", "L3", 10.0, 11.0, 2, action="put")
+    put = put.model_copy(update={"lanes": [put.lanes[0].model_copy(update={"delta_g": grams})], "delta_g": grams})
+    msgs = tracks_messages([s], CAMS, 18.0) + [entry("acct-carol", 1.1, 1),
+                                               shelf_event(STORE, "e1", "L2", 6.0, 7.0, 1), put]
+    base = FusionConfig()
+    cfg = base.model_copy(update={"association": base.association.model_copy(update={"put_back_weight_max_z": max_z})})
+    _, effects = run(msgs, FusionEngine(STORE, cfg))
+    r = receipts(effects)["acct-carol"]
+    assert r.decision == decision
+    assert sum(ln["qty"] for ln in r.lines) == left
+    carts = [e for e in effects if isinstance(e, CartChanged) and e.visit == r.visit]
+    assert [ln.kind for ln in carts[-1].lines] == (["pick", "misplaced_return"] if left == 0 else ["pick"])
+    if decision == "hold":
+        assert any(("taken as P2 by its weight" if left == 0 else "put-back of P3 not in the cart") in x
+                   for x in r.reasons)
