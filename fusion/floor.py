@@ -148,6 +148,12 @@ class _Gating:
     d2: np.ndarray  # (k, n) squared Mahalanobis distances
 
 
+def _d2(a: np.ndarray, b: np.ndarray, c: np.ndarray, e0: np.ndarray, e1: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances e^T S^-1 e, S = [[a, b], [b, c]] and e = (e0, e1) elementwise (the 2 x 2
+    inverse in closed form)."""
+    return (c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)
+
+
 def _time_of(entry: tuple) -> float:
     return entry[0]
 
@@ -299,8 +305,7 @@ class FloorTracker:
         e = z[:, :, None] - H @ m.T  # (k, 2, n)
         a, b, _, c = S.reshape(-1, 4).T  # S^-1 in closed form (unpacking rows is cheaper than indexing S)
         e0, e1 = e[:, 0].ravel(), e[:, 1].ravel()
-        d2 = ((c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)).reshape(len(meas), len(slots))
-        return _Gating(m, P, HP, S, e, d2)
+        return _Gating(m, P, HP, S, e, _d2(a, b, c, e0, e1).reshape(len(meas), len(slots)))
 
     def _measure(self, t: TrackObs) -> _Meas:
         cfg = self.cfg
@@ -421,7 +426,16 @@ class FloorTracker:
         b = S[:, 0, 1] + cv * h0 * h1
         c = S[:, 1, 1] + cv * h1 * h1
         e0, e1 = g.e[r]
-        return (c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)
+        return _d2(a, b, c, e0, e1)
+
+    def _crouch_explains(self, g: _Gating, r: int, j: int, mm: _Meas) -> bool:
+        """Whether matched pair (``r``, ``j``) is a head ray a crouch explains (``crouch_trigger_chi2``,
+        ``crouch_explains``): its update should move the head height, not the shopper."""
+        cfg = self.cfg
+        if mm.ray is None or cfg.crouch_trigger_chi2 <= 0 or cfg.crouch_sd_m <= 0:
+            return False
+        d2 = g.d2[r, j]
+        return d2 > cfg.crouch_trigger_chi2 and self._crouch_d2(g, r, mm)[j] < d2 * cfg.crouch_explains
 
     def _crouch_update(self, s: ShopperInfo, ts: float, g: _Gating, r: int, j: int, mm: _Meas) -> None:
         """The Kalman update of a pair matched by :meth:`_crouch_d2`: the predicted head height gets the
@@ -518,9 +532,7 @@ class FloorTracker:
                 self._kalman(s, ts, meas[r])
             else:
                 g = gating
-                if r in crouched or (meas[r].ray is not None and cfg.crouch_trigger_chi2 > 0 and cfg.crouch_sd_m > 0
-                                     and g.d2[r, j] > cfg.crouch_trigger_chi2
-                                     and self._crouch_d2(g, r, meas[r])[j] < g.d2[r, j] * cfg.crouch_explains):
+                if r in crouched or self._crouch_explains(g, r, j, meas[r]):
                     self._crouch_update(s, ts, g, r, j, meas[r])
                 else:
                     self._correct(s, ts, g.m[j], g.P[j], g.HP[r, j], g.S[r, j].tolist(), g.e[r, :, j].tolist())
