@@ -9,6 +9,7 @@ candidates (:func:`choose_put_back`), or, when none of those is in the cart, by 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from calibration.store import Store
@@ -95,9 +96,8 @@ def match_by_weight(cart: Cart, delta_g: float, weights: dict[str, tuple[float, 
     for sku, held in sorted(cart.holdings().items()):
         if sku not in weights:
             continue
-        w, sd = weights[sku]
         for q in range(1, min(held, max_qty) + 1):
-            z = abs(delta_g - q * w) / (q * sd * sd + shelf_sd_g * shelf_sd_g) ** 0.5
+            z = weight_z(delta_g, q, weights[sku], shelf_sd_g)
             if z <= max_z:
                 fits.append((z, sku, q))
     if len({sku for _, sku, _ in fits}) != 1:
@@ -106,13 +106,21 @@ def match_by_weight(cart: Cart, delta_g: float, weights: dict[str, tuple[float, 
     return sku, q, z
 
 
-def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]], min_mass: float = 0.0
-                    ) -> tuple[str, int, float] | None:
+def weight_z(delta_g: float, qty: int, unit: tuple[float, float], shelf_sd_g: float) -> float:
+    """How many spreads ``delta_g`` grams lie from ``qty`` units of weight ``unit`` (mean, sd)."""
+    w, sd = unit
+    return abs(abs(delta_g) - qty * w) / (qty * sd * sd + shelf_sd_g * shelf_sd_g) ** 0.5
+
+
+def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]], min_mass: float = 0.0,
+                    weighs_right: Callable[[str, int], bool] | None = None) -> tuple[str, int, float] | None:
     """The candidate (sku, qty, p) a put-back most likely returns, among what the cart holds.
 
     What is put back came out of this cart, so the shelf's probabilities are conditioned on that: the
     returned ``p`` is the candidate's share of the candidates the cart could have given back -- when those
-    together hold at least ``min_mass`` of the shelf's belief; below it the shelf's own ``p`` stands (the cart
+    together hold at least ``min_mass`` of the shelf's belief, or ``weighs_right(sku, qty)`` says the chosen
+    one's weight fits the change (a misplaced item whose weight several catalogue products share: the shelf
+    splits its belief among them, the cart holds one).  Otherwise the shelf's own ``p`` stands (the cart
     explains the weight poorly: something else went wrong, and the line stays as unsure as the shelf was)."""
     held = cart.holdings()
     fitting = [c for c in candidates if held.get(c[0], 0) >= c[1]]
@@ -120,6 +128,6 @@ def choose_put_back(cart: Cart, candidates: list[tuple[str, int, float]], min_ma
         return None
     sku, qty, p = max(fitting, key=lambda c: (c[2], c[0]))
     mass = sum(c[2] for c in fitting)
-    if mass > 0 and mass >= min_mass:
+    if mass > 0 and (mass >= min_mass or (weighs_right is not None and weighs_right(sku, qty))):
         p = p / mass
     return sku, qty, p

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from calibration.store import Box, Shelf, Store
 from fusion.association import Association, associate, reweigh, sibling_factors
-from fusion.carts import Cart, Line, choose_put_back, match_by_weight
+from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
 from fusion.config import FusionConfig
 from fusion.floor import FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
@@ -130,6 +130,7 @@ class FusionEngine:
         self.stats = EngineStats()
         self.forgotten: list[Visit] | None = None  # a list: :meth:`forget` keeps what it drops there (replays)
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
+        self.unit_weights = {sku: (pr.weight_g, pr.weight_sd_g) for sku, pr in store.products.items()}
         # shelf -> floor rectangle (lo, hi) around its lanes' footprints
         self.shelf_extent = {sid: _extent(sh) for sid, sh in store.shelves.items()}
 
@@ -493,10 +494,15 @@ class FusionEngine:
             sku, qty, p = cands[0]
             kind = "pick"
         else:
-            choice = choose_put_back(cart, cands, cfg.put_back_min_mass)
+            units = self.unit_weights
+
+            def weighs_right(sku: str, qty: int) -> bool:
+                return sku in units and weight_z(ev.delta_g, qty, units[sku],
+                                                 cfg.put_back_weight_sd_g) <= cfg.put_back_weight_sure_z
+
+            choice = choose_put_back(cart, cands, cfg.put_back_min_mass, weighs_right)
             weighed = None
             if choice is None and cfg.put_back_weight_max_z > 0:
-                units = {sku: (pr.weight_g, pr.weight_sd_g) for sku, pr in self.store.products.items()}
                 weighed = match_by_weight(cart, abs(ev.delta_g), units, cfg.put_back_weight_sd_g,
                                           cfg.put_back_weight_max_z)
             if choice is None and weighed is None:
@@ -569,7 +575,8 @@ class FusionEngine:
 
     # ------------------------------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
-        skip = ("store", "cfg", "lane_boxes", "shelf_extent", "forgotten")  # config, derived, a replay's record
+        # config, derived, a replay's record
+        skip = ("store", "cfg", "lane_boxes", "unit_weights", "shelf_extent", "forgotten")
         state = {k: val for k, val in self.__dict__.items() if k not in skip}
         return pickle.dumps(state, protocol=5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fusion.carts import Cart, Line, choose_put_back, match_by_weight
+from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
 
 SHELF = [("POWERADE", 1, 0.65), ("GATORADE", 1, 0.30), ("WATER", 2, 0.05)]  # a misplaced 640 g return
 
@@ -34,6 +34,31 @@ def test_a_put_back_is_judged_among_what_the_cart_holds(held, min_mass, expected
         assert got is None
     else:
         assert got[:2] == expected[:2] and got[2] == pytest.approx(expected[2])
+
+
+# a misplaced 211 g return whose weight three catalogue products share: the shelf splits its belief
+TWINS = [("GOLDFISH", 1, 0.53), ("APPLE", 1, 0.21), ("MANGO", 1, 0.21)]
+
+
+@pytest.mark.parametrize(("held", "weighs_right", "expected"), [
+    (("APPLE",), lambda sku, qty: True, ("APPLE", 1, 1.0)),  # the cart holds one of them, and it weighs right
+    (("APPLE",), lambda sku, qty: False, ("APPLE", 1, 0.21)),  # ... it does not: the shelf's p stands
+    (("APPLE",), None, ("APPLE", 1, 0.21)),
+    (("APPLE", "MANGO"), lambda sku, qty: True, ("MANGO", 1, 0.5)),  # two of them held: a coin toss
+    (("GOLDFISH",), lambda sku, qty: False, ("GOLDFISH", 1, 1.0)),  # enough of the shelf's belief anyway
+])
+def test_a_put_back_that_weighs_right_is_judged_among_what_the_cart_holds(held, weighs_right, expected):
+    got = choose_put_back(_cart(*held), TWINS, 0.3, weighs_right)
+    assert got[:2] == expected[:2] and got[2] == pytest.approx(expected[2])
+
+
+@pytest.mark.parametrize(("delta_g", "qty", "unit", "expected"), [
+    (-146.0, 2, (73.0, 1.5), 0.0),
+    (77.5, 1, (73.0, 1.5), 4.5 / (1.5**2 + 1.5**2) ** 0.5),  # picks and puts alike
+    (-70.0, 1, (73.0, 0.0), 2.0),
+])
+def test_weight_z(delta_g, qty, unit, expected):
+    assert weight_z(delta_g, qty, unit, 1.5) == pytest.approx(expected)
 
 
 WEIGHTS = {"CLIF": (73.0, 1.5), "BANDAID": (75.0, 1.2), "CHIPS": (28.0, 1.0)}

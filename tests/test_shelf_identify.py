@@ -59,6 +59,12 @@ def summary(parts) -> list[tuple]:
     ({2: -355.0, 5: 45.2}, [("pick", "COLA", 1, False, ["L3"]), ("put", "GUM", 1, False, ["L6"])]),
     ({2: -354.0, 3: 356.0}, []),  # a can slid from one cola lane to the next: nothing to charge
     ({3: 547.5}, [("put", "TEA", 1, True, ["L4"])]),  # a tea put on a cola lane: misplaced
+    # two takes side by side, a quarter of one item on the other's lane (two shoppers at neighbouring lanes):
+    # read as one group it was "2 x" one of them; the item's grams are moved back across the cut
+    ({0: -78.8, 1: -129.8}, [("pick", "DUR", 1, False, ["L1"]), ("pick", "ENR", 1, False, ["L2"])]),
+    ({3: -275.0, 4: -627.0}, [("pick", "COLA", 1, False, ["L4"]), ("pick", "TEA", 1, False, ["L5"])]),
+    ({0: 131.0, 1: 77.5}, [("put", "DUR", 1, False, ["L1"]), ("put", "ENR", 1, False, ["L2"])]),  # puts alike
+    ({4: -383.0, 5: -164.0}, [("pick", "TEA", 1, False, ["L5", "L6"])]),  # one tea, 30 % of it on the gum lane
 ])
 def test_identify_table(deltas: dict[int, float], expected: list[tuple]) -> None:
     idf = Identifier(planogram())
@@ -87,6 +93,20 @@ def test_slide_or_put_back_and_pick(steps: dict | None, expected: list[tuple]) -
     assert sorted(summary(parts)) == sorted(expected)
     assert idf.explained_lanes(ch)[[2, 3]].all()  # explained either way: nothing is held as residue
     assert all(p.parts == len(parts) for p in parts)
+
+
+@pytest.mark.parametrize("deltas", [{0: -78.8, 1: -129.8}, {3: -275.0, 4: -627.0}])
+def test_a_spilt_item_is_moved_back_across_the_cut(deltas: dict[int, float]) -> None:
+    """The two takes' corrected grams add up to the change, each is whole units of its lane's product, and the
+    sub-events keep the change they came from."""
+    idf = Identifier(planogram())
+    ch = change(deltas)
+    parts = idf.identify(ch, learn=False)
+    assert len(parts) == 2 and all(p.change is ch for p in parts)
+    assert sum(p.total_g for p in parts) == pytest.approx(sum(deltas.values()))
+    for p in parts:
+        assert abs(p.z) < 1.0 and p.best.p > 0.9
+    assert idf.explained_lanes(ch)[list(deltas)].all()
 
 
 def test_unexplained_weight_has_no_confident_candidate() -> None:

@@ -79,6 +79,8 @@ class IdentifyConfig:
     missing_put_factor: float = 0.2  # each unit put back beyond those picked lately makes a put this unlikelier
     explain_max_z: float = 3.5  # a group is explained when its best candidate is this close in weight
     explain_min_share: float = 0.6  # ... and most of the moved grams lie on lanes holding it
+    spill_max_share: float = 0.35  # two takes side by side: at most this much of one unit lay across the cut
+    spill_prior: float = 0.1  # ... which happens this often
     slide_sync_s: float = 0.2  # the two lanes of a slid item pass half their change no further apart than this
     min_p: float = 0.001
     max_candidates: int = 8
@@ -239,8 +241,14 @@ class Identifier:
                 dropped.extend((change.lanes[j], float(change.delta[j])) for j in lanes)
                 continue
             for cluster in self._clusters(change, lanes, dropped, view):
-                for seg in self._best_partition(change, cluster, sign, view):
-                    out.append(self._result(change, seg, sign, view))
+                segs, spilt = self._best_partition(change, cluster, sign, view)
+                if spilt is None:
+                    out.extend(self._result(change, seg, sign, view) for seg in segs)
+                    continue
+                log.info("shelf %s: two takes side by side, one spilt across lanes %s | %s", change.shelf,
+                         [change.lanes[j] for j in segs[0]], [change.lanes[j] for j in segs[1]])
+                ch, v = replace(change, delta=spilt), replace(view, scored={})
+                out.extend(replace(self._result(ch, seg, sign, v), change=change) for seg in segs)
         # two same-product groups of opposite sign that cancel: an item slid along its lanes, no event
         if len(out) == 2 and out[0].action != out[1].action and self._is_slide(change, out):
             log.info("shelf %s: item slid between lanes (%.1f g / %.1f g); no event", change.shelf,
@@ -284,14 +292,15 @@ class Identifier:
         return out
 
     def _best_partition(self, change: ShelfChange, cluster: list[int], sign: float, view: _View,
-                        max_parts: int = 3) -> list[list[int]]:
+                        max_parts: int = 3) -> tuple[list[list[int]], np.ndarray | None]:
         """The cluster as one item group or cut into up to ``max_parts`` contiguous segments (several items
         side by side), whichever explains more of the moved grams by products, then in more parts explained
         by the lanes' own products (separate lanes that each lost whole items are separate takes), then has
-        the higher evidence (``split_prior`` per extra segment)."""
+        the higher evidence (``split_prior`` per extra segment).  With it, the change's lane deltas corrected for
+        an item spilt across the cut (see :meth:`_spill_split`), or None when no such correction was made."""
         n = len(cluster)
         if n == 1:
-            return [cluster]
+            return [cluster], None
         cache: dict[tuple[int, int], tuple[float, int, float]] = {}
 
         def ev(a: int, b: int) -> tuple[float, int, float]:
@@ -317,7 +326,55 @@ class Identifier:
                        sum(p[2] for p in parts) + k * log_split)
                 if key > best[:3]:
                     best = (*key, segs)
-        return [cluster[a:b] for a, b in best[3]]
+        split = [cluster[a:b] for a, b in best[3]]
+        if best[1] < 2:  # not two takes of the lanes' own products: one item may have spilt across a cut
+            spilt = self._spill_split(change, cluster, sign, view)
+            if spilt is not None and spilt[0] > best[:3]:
+                return spilt[1], spilt[2]
+        return split, None
+
+    def _spill_split(self, change: ShelfChange, cluster: list[int], sign: float, view: _View
+                     ) -> tuple[tuple[float, int, float], list[list[int]], np.ndarray] | None:
+        """Two takes side by side, one item of which lay partly on the other's lane: the cluster cut in two
+        where, with up to ``spill_max_share`` of one unit moved back across the cut, each side is whole units
+        of its own lanes' product (two shoppers at neighbouring lanes of near-equal weights: read as one group,
+        it would be so many units of one of them).  ``(key, segments, corrected delta)`` of the best such cut
+        (key as in :meth:`_best_partition`), or None."""
+        c = self.cfg
+        mass = np.abs(change.delta)
+        best = None
+        for cut in range(1, len(cluster)):
+            left, right = cluster[:cut], cluster[cut:]
+            jl, jr = left[-1], right[0]
+            m_left, m_right = float(mass[left].sum()), float(mass[right].sum())
+            moves = set()  # grams to move from the right side's boundary lane to the left side's
+            for side, m_side, sgn in ((left, m_left, 1.0), (right, m_right, -1.0)):
+                rows = np.flatnonzero(view.held[:, side].any(axis=1))
+                for r in rows:
+                    w = self.pg.products[view.skus[r]].weight_g
+                    for q in range(1, 4):
+                        t = sgn * (q * w - m_side)  # the unit that lay across the cut
+                        if 0 < sgn * t <= c.spill_max_share * w:
+                            moves.add(round(t, 3))
+            for t in sorted(moves):
+                m = mass.copy()
+                m[jl] += t
+                m[jr] -= t
+                if m[jl] <= 0 or m[jr] <= 0:
+                    continue
+                delta = change.delta.copy()
+                delta[[jl, jr]] = sign * m[[jl, jr]]
+                ch = replace(change, delta=delta)
+                v = replace(view, scored={})
+                scored = [self._score(ch, seg, sign, v) for seg in (left, right)]
+                if not all(self._explained(sc) and not sc.foreign[sc.prod[int(np.argmax(sc.logp))]]
+                           for sc in scored):
+                    continue
+                key = (round(float(m[cluster].sum()), 0), 2,
+                       sum(sc.evidence for sc in scored) + float(np.log(c.split_prior * c.spill_prior)))
+                if best is None or key > best[0]:
+                    best = (key, [left, right], delta)
+        return best
 
     def _explained(self, sc: _Scored) -> bool:
         """Whether the best candidate explains the group: better than 'unknown', close in weight, and lying
