@@ -65,6 +65,10 @@ def summary(parts) -> list[tuple]:
     ({3: -275.0, 4: -627.0}, [("pick", "COLA", 1, False, ["L4"]), ("pick", "TEA", 1, False, ["L5"])]),
     ({0: 131.0, 1: 77.5}, [("put", "DUR", 1, False, ["L1"]), ("put", "ENR", 1, False, ["L2"])]),  # puts alike
     ({4: -383.0, 5: -164.0}, [("pick", "TEA", 1, False, ["L5", "L6"])]),  # one tea, 30 % of it on the gum lane
+    # a misplaced soap across the battery lanes, not a Duracell put back beside a misplaced banana: with an item
+    # from elsewhere in the reading, the evidence decides, not the count of parts of the lanes' own products
+    ({0: 105.0, 1: 125.0}, [("put", "SOAP", 1, True, ["L1", "L2"])]),
+    ({4: 547.0, 5: 126.5}, [("put", "TEA", 1, False, ["L5"]), ("put", "BAN", 1, True, ["L6"])]),  # no one item
 ])
 def test_identify_table(deltas: dict[int, float], expected: list[tuple]) -> None:
     idf = Identifier(planogram())
@@ -127,6 +131,15 @@ def test_misplaced_put_is_learnt_and_its_pick_identified() -> None:
     assert (pick.action, pick.best.sku, pick.best.qty, pick.best.foreign) == ("pick", "SOAP", 1, True)
     assert pick.best.p > 0.9
     assert pg.holds("L5") == {"TEA": None}
+
+
+def test_a_learnt_misplaced_item_picked_beside_a_lanes_own_product_is_two_takes() -> None:
+    """A soap put on the tea lane earlier is taken at the moment a gum goes from the next lane: the soap is what
+    the lane holds now (not an item from elsewhere), so the two takes stand -- not '6 x GUM' for the lot."""
+    idf = Identifier(planogram())
+    idf.identify(change({4: 230.4}, t=10))
+    parts = idf.identify(change({4: -230.1, 5: -45.2}, t=20), learn=False)
+    assert sorted(summary(parts)) == [("pick", "GUM", 1, False, ["L6"]), ("pick", "SOAP", 1, True, ["L5"])]
 
 
 def test_a_recent_pick_tells_weight_twins_apart_on_a_misplaced_put() -> None:

@@ -27,10 +27,13 @@ lanes are cut into clusters where two or more unchanged lanes lie between (an it
 only); a cluster too light to be one unit of the products around it is noise and is dropped.  Each cluster is
 then taken as one group or cut into up to three contiguous segments: the cut that explains the most grams wins,
 then the one with more segments explained by the lanes' own products (separate lanes that each lost whole items
-are separate takes), then the highest evidence (``split_prior`` per extra segment).  Sub-events of one change
-share a parent id.  Two opposite groups of one product on its own touching lanes that cancel are an item slid
-along its lanes: no event -- unless the detector's step times show the two lanes stepped apart in time (more
-than ``slide_sync_s`` between them).  A slid item leaves one lane as it arrives on the next: the two lanes pass
+are separate takes; not counted where a segment is an item no lane holds, put down from elsewhere: then the
+evidence decides between one such item across two lanes and a put-back beside it), then the highest evidence
+(``split_prior`` per extra segment).  Two takes side by side with one item lying partly across the cut (up to
+``spill_max_share`` of a unit) are found by moving those grams back: read as one group they would be so many units
+of one of the two products.  Sub-events of one change share a parent id.  Two opposite groups of one
+product on its own touching lanes that cancel are an item slid along its lanes: no event -- unless the
+detector's step times show the two lanes stepped apart in time (more than ``slide_sync_s`` between them).  A slid item leaves one lane as it arrives on the next: the two lanes pass
 half their change together.  A put-back and another shopper's pick of the same product at about the same
 moment step one after the other (between them the shelf holds one item more, or one less) and are two events.
 
@@ -301,29 +304,37 @@ class Identifier:
         n = len(cluster)
         if n == 1:
             return [cluster], None
-        cache: dict[tuple[int, int], tuple[float, int, float]] = {}
+        cache: dict[tuple[int, int], tuple[float, int, float, bool]] = {}
+        rows = {sku: r for r, sku in enumerate(view.skus)}
 
-        def ev(a: int, b: int) -> tuple[float, int, float]:
-            """(grams a product explains, 1 if a product of these lanes explains them, evidence) of the
-            segment cluster[a:b]."""
+        def ev(a: int, b: int) -> tuple[float, int, float, bool]:
+            """(grams a product explains, 1 if a product of these lanes explains them, evidence, whether a
+            product no lane of the segment holds explains them) of the segment cluster[a:b]."""
             if (a, b) not in cache:
                 seg = cluster[a:b]
                 sc = self._score(change, seg, sign, view)
                 ok = self._explained(sc)
-                own = ok and not bool(sc.foreign[sc.prod[int(np.argmax(sc.logp))]])
+                prod = sc.prod[int(np.argmax(sc.logp))] if ok else 0
+                row = rows.get(sc.skus[prod]) if ok else None
+                elsewhere = ok and (row is None or not view.held[row, seg].any())
                 mass = float(np.abs(change.delta[seg]).sum())
-                cache[(a, b)] = (mass if ok else 0.0, int(own), sc.evidence)
+                cache[(a, b)] = (mass if ok else 0.0, int(ok and not sc.foreign[prod]), sc.evidence, elsewhere)
             return cache[(a, b)]
 
+        def own(parts: list[tuple[float, int, float, bool]]) -> int:
+            """Parts explained by their lanes' own products -- none where a part is an item no lane holds (one
+            put down from elsewhere): whether one such item spilt across two lanes or a put-back landed beside
+            it is for the evidence to say (the own part would win by count alone)."""
+            return 0 if any(p[3] for p in parts) else sum(p[1] for p in parts)
+
         log_split = float(np.log(self.cfg.split_prior))
-        m0, k0, e0 = ev(0, n)
-        best = (round(m0, 0), k0, e0, [(0, n)])
+        whole = ev(0, n)
+        best = (round(whole[0], 0), own([whole]), whole[2], [(0, n)])
         for k in range(1, min(max_parts, n)):
             for cuts in combinations(range(1, n), k):
                 segs = list(pairwise([0, *cuts, n]))
                 parts = [ev(a, b) for a, b in segs]
-                key = (round(sum(p[0] for p in parts), 0), sum(p[1] for p in parts),
-                       sum(p[2] for p in parts) + k * log_split)
+                key = (round(sum(p[0] for p in parts), 0), own(parts), sum(p[2] for p in parts) + k * log_split)
                 if key > best[:3]:
                     best = (*key, segs)
         split = [cluster[a:b] for a, b in best[3]]
