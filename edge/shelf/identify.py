@@ -33,9 +33,10 @@ evidence decides between one such item across two lanes and a put-back beside it
 ``spill_max_share`` of a unit) are found by moving those grams back: read as one group they would be so many units
 of one of the two products.  Sub-events of one change share a parent id.  Two opposite groups of one
 product on its own touching lanes that cancel are an item slid along its lanes: no event -- unless the
-detector's step times show the two lanes stepped apart in time (more than ``slide_sync_s`` between them).  A slid item leaves one lane as it arrives on the next: the two lanes pass
-half their change together.  A put-back and another shopper's pick of the same product at about the same
-moment step one after the other (between them the shelf holds one item more, or one less) and are two events.
+detector's step times show the two lanes stepped apart in time (more than ``slide_sync_s`` between them).  A
+slid item leaves one lane as it arrives on the next: the two lanes pass half their change together.  A
+put-back and another shopper's pick of the same product at about the same moment step one after the other
+(between them the shelf holds one item more, or one less) and are two events.
 
 Learning
 --------
@@ -364,9 +365,9 @@ class Identifier:
                 for r in rows:
                     w = self.pg.products[view.skus[r]].weight_g
                     for q in range(1, 4):
-                        t = sgn * (q * w - m_side)  # the unit that lay across the cut
-                        if 0 < sgn * t <= c.spill_max_share * w:
-                            moves.add(round(t, 3))
+                        short = q * w - m_side  # of q units, the grams that lay across the cut
+                        if 0 < short <= c.spill_max_share * w:
+                            moves.add(round(sgn * short, 3))
             for t in sorted(moves):
                 m = mass.copy()
                 m[jl] += t
