@@ -135,8 +135,11 @@ def _path_at(path: list[tuple[float, float, float]], ts: np.ndarray) -> np.ndarr
 
 
 def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes: list[Box],
-                    cfg: AssociationConfig, rivals: list[Box] | None = None) -> WristEvidence:
-    """Per-instant signed distance (negative inside) of this shopper's nearest wrist to the boxes.
+                    cfg: AssociationConfig, rivals: list[Box] | None = None, lanes: list[Box] | None = None
+                    ) -> WristEvidence:
+    """Per-instant signed distance (negative inside) of this shopper's nearest wrist to the boxes, and of
+    the nearest triangulated wrist to ``lanes`` (the lanes themselves when ``boxes`` are their approaches;
+    default ``boxes``).
 
     At each instant the wrist rays of all cameras are grouped into wrists (rays of different cameras that
     pass within ``TRIANGULATE_M`` of each other, within reach of the body; left/right labels are not trusted
@@ -186,6 +189,7 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
     # triangulate the groups seen by two or more cameras, all at once
     multi = [g for g in groups_of if len(g) >= 2]
     multi_first = {g[0] for g in multi}
+    lane_d: dict[int, float] = {}  # triangulated wrists within reach: distance to the lanes themselves
     # one camera's ray pins the hand to a line, and a ceiling camera's line to a hand on a low shelf passes
     # through the shelves above it: such a wrist only bounds the distance from below, never earns depth
     dist = {g[0]: max(float(bound[g[0]]), 0.0) for g in groups_of if len(g) == 1}
@@ -195,26 +199,34 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
         near = (np.hypot(pts[:, 0] - body[heads, 0], pts[:, 1] - body[heads, 1]) <= cfg.reach_m) & \
             (pts[:, 2] >= 0.2) & (pts[:, 2] <= 2.3)
         pd = points_box_distance(pts, boxes)
+        pl = pd if lanes is None else points_box_distance(pts, lanes)
         if rivals:
-            pd = np.where(points_box_distance(pts, rivals) < pd, np.maximum(pd, cfg.outside_cap_m), pd)
-        for g, ok_, dv in zip(multi, near.tolist(), pd.tolist(), strict=True):
+            at_rival = points_box_distance(pts, rivals) < pd
+            pd = np.where(at_rival, np.maximum(pd, cfg.outside_cap_m), pd)
+            pl = np.where(at_rival, np.inf, pl)
+        for g, ok_, dv, lv in zip(multi, near.tolist(), pd.tolist(), pl.tolist(), strict=True):
             dist[g[0]] = dv if ok_ else np.inf
+            if ok_:
+                lane_d[g[0]] = lv
     tri: dict[int, float] = {}
     single: dict[int, float] = {}
     n_tri: dict[int, int] = {}  # wrists located (triangulated, within reach) per instant
+    at_lane: dict[int, float] = {}
     for first, dv in dist.items():
         k = int(inst[first])
         into = tri if first in multi_first else single
         if dv < into.get(k, np.inf):
             into[k] = dv
-        if first in multi_first and np.isfinite(dv):
+        if first in lane_d:
             n_tri[k] = n_tri.get(k, 0) + 1
+            at_lane[k] = min(at_lane.get(k, np.inf), lane_d[first])
     keys = sorted(set(tri) | set(single))
     return WristEvidence(np.array(keys, float) * INSTANT_S,
                          np.array([tri.get(k, np.inf) for k in keys]),
                          np.array([single.get(k, np.inf) for k in keys]),
                          sorted(set(cams.tolist())),
-                         np.array([n_tri.get(k, 0) for k in keys], int))
+                         np.array([n_tri.get(k, 0) for k in keys], int),
+                         np.array([at_lane.get(k, np.inf) for k in keys]))
 
 
 @dataclass
@@ -227,14 +239,17 @@ class WristEvidence:
     single: np.ndarray
     cameras: list[str]
     located: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # wrists triangulated per instant
+    at_lanes: np.ndarray = field(default_factory=lambda: np.zeros(0))  # nearest of them to the lanes themselves
 
-    def excluded(self, t0: float, t1: float, far: float) -> float:
+    def excluded(self, t0: float, t1: float, far: float, at_lanes: bool = False) -> float:
         """Fraction of the instants in [t0, t1] at which both wrists were located and both were farther
-        than ``far`` from the lanes: the shopper's hands were demonstrably elsewhere."""
+        than ``far`` from the lanes' approaches (``at_lanes``: from the lanes themselves): the shopper's hands
+        were demonstrably elsewhere."""
         sel = (self.times >= t0) & (self.times <= t1)
         if not sel.any():
             return 0.0
-        out = (self.located[sel] >= 2) & (self.triangulated[sel] > far)
+        dist = self.at_lanes if at_lanes else self.triangulated
+        out = (self.located[sel] >= 2) & (dist[sel] > far)
         return float(out.mean())
 
     def distance(self, k: int) -> float | None:
@@ -358,6 +373,10 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
     the other events of the same shelf change, see :func:`wrist_distances`; ``t_step``: when the weight
     stepped, see :func:`evidence_window`)."""
     t0, t1, x0, x1 = evidence_window(t_start, t_end, t_step, cfg)
+    # a hand resting by the hip lies in the approach of a lane that reaches down to it: when the weight
+    # stepped, the picker's hand was in the lane, so for such lanes both hands must be near the lane itself
+    strict = t_step is not None and min(b.min[2] for b in boxes) <= cfg.rest_height_m
+    far = cfg.exclusion_rest_far_m if strict else cfg.exclusion_far_m
     approach = approach_boxes(boxes, cfg.approach_m)
     rival_approach = approach_boxes(rivals, cfg.approach_m) if rivals else None
     scores: dict[str, float] = {}
@@ -373,7 +392,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
         if body > cfg.candidate_radius_m:
             continue
-        ev = wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach)
+        ev = wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach, boxes)
         cams = ev.cameras
         # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
         d_k = ev.distance(cfg.persist_instants)
@@ -382,7 +401,7 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         bodies[info.id] = float(body)
         cams_of[info.id] = cams
         body_excess = max(0.0, body - cfg.body_free_m)
-        excl = ev.excluded(x0, x1, cfg.exclusion_far_m)
+        excl = ev.excluded(x0, x1, far, at_lanes=strict)
         log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
         scores[info.id] = log_score
     if not scores:

@@ -121,12 +121,22 @@ class AssociationConfig(_Cfg):
                                   description="Log-likelihood gained per this many metres of depth into the lane")
     outside_cap_m: float = Field(0.3, gt=0, title="Outside limit",
                                  description="Wrist distances beyond this all mean 'no hand seen at the lane'")
-    exclusion_weight: float = Field(8.0, ge=0, title="Exclusion weight",
+    exclusion_weight: float = Field(12.0, ge=0, title="Exclusion weight",
                                     description="Log-likelihood lost over an event during which both of a "
                                                 "shopper's wrists were located away from the lanes")
     exclusion_far_m: float = Field(0.45, gt=0, title="Exclusion distance",
                                    description="Both wrists located farther than this from the lanes count as "
                                                "'away' for the exclusion")
+    rest_height_m: float = Field(1.0, ge=0, title="Resting hand height",
+                                 description="Hands hanging by the hip are at most this high: for lanes whose "
+                                             "bottom is at or below it, a bystander's resting hand can lie in "
+                                             "a lane's approach")
+    exclusion_rest_far_m: float = Field(0.2, gt=0, title="Exclusion distance at hip height",
+                                        description="With a step time, for lanes down to rest_height_m: both "
+                                                    "wrists located farther than this from the lanes "
+                                                    "themselves (not their approach) around the step count as "
+                                                    "'away' -- the picker's hand was in the lane then, and a "
+                                                    "hand resting in front of it was not")
     persist_instants: int = Field(1, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
     body_free_m: float = Field(0.75, ge=0, title="Body free distance",

@@ -549,6 +549,47 @@ def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it
     assert r[picker].decision == decision
 
 
+def _neighbour_resting_in_front_of_the_lane() -> list:
+    """Alice, standing back and to the side of L2, takes an item from it; the cameras see her right hand on
+    its way only while it is still 0.1 m short of the lane's approach (nearer, the shelf above hides it).
+    Bob stands right in front of L2 and takes nothing, his left hand resting by his hip inside L2's approach,
+    0.24 m from the lane itself.  The weight steps at 9.0 s."""
+    tx, ty, tz = lane_target(STORE, "L2")
+    front = STORE.lanes["L2"].box.min[1]
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, tx - 0.35, front - 0.35),
+                                      (12.0, tx - 0.35, front - 0.35), (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)],
+                            [(8.0, 10.0, (tx, ty, tz))])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.2, front - 0.24),
+                                  (12.5, tx + 0.2, front - 0.24), (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)])
+    msgs = []
+    for m in tracks_messages([alice, bob], CAMS, 18.0):
+        t = m.ts - T0
+        if alice.at(t) is not None and alice.wrists(t)[1][1] > front - 0.33:
+            m = m.model_copy(update={"tracks": [tr.model_copy(update={"rwrist": None}) if tr.id == 1 else tr
+                                                for tr in m.tracks]})
+        msgs.append(m)
+    ev = shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1).model_copy(update={"t_step": T0 + 9.0})
+    return msgs + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2), ev]
+
+
+@pytest.mark.parametrize("rest_far, rest_height, picker", [
+    (0.2, 1.0, "acct-alice"),  # the defaults: Bob's hands were both 0.2 m+ from the lane when it stepped
+    (0.7, 1.0, "acct-bob"),  # counting from 0.7 m his resting hand is not away, and it lies in the approach
+    (0.2, 0.8, "acct-bob"),  # a lane above the resting height: the approach rule (exclusion_far_m) applies
+])
+def test_a_hand_resting_in_front_of_a_low_lane_is_not_in_it(rest_far, rest_height, picker):
+    """For lanes that reach down to hip height (``rest_height_m``), a hand resting by the hip can lie in the
+    lane's approach; around the step time the picker's hand was in the lane, so a shopper whose located
+    hands were both farther than ``exclusion_rest_far_m`` from the lane itself is ruled out."""
+    cfg = FusionConfig.model_validate({"association": {"exclusion_rest_far_m": rest_far,
+                                                       "rest_height_m": rest_height}})
+    _, effects = run(_neighbour_resting_in_front_of_the_lane(), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    assert [ln["sku"] for ln in r[picker].lines] == [STORE.lanes["L2"].sku]
+    assert r[picker].decision == "charge", r[picker].reasons
+
+
 def _bystander_reaching_while_the_shelf_settles(t_step: float | None) -> list:
     """Alice takes an item from L2 (hand in the lane 8.0-9.0 s, the weight steps at 8.5 s); Bob beside her
     reaches into L2 as far at 10.0-11.0 s (he touches the goods, takes nothing) while the shelf is still
