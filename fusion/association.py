@@ -147,7 +147,8 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
     wrist seen by one camera gives a lower bound (the nearest point of its ray segment within reach).
     A located wrist nearer to one of the ``rivals`` (the lanes of another event of the same shelf change:
     two people, or two hands, in neighbouring lanes at once) than to ``boxes`` is that event's hand: it never
-    counts as at these lanes.
+    counts as at these lanes (its distance to ``lanes`` stays as it is: a hand in the next lane is not away,
+    one shopper may do both).
     """
     info = floor.info[slot]
     obs = [w for w in info.wrists if t0 <= w[0] <= t1]
@@ -201,9 +202,7 @@ def wrist_distances(floor: FloorTracker, slot: int, t0: float, t1: float, boxes:
         pd = points_box_distance(pts, boxes)
         pl = pd if lanes is None else points_box_distance(pts, lanes)
         if rivals:
-            at_rival = points_box_distance(pts, rivals) < pd
-            pd = np.where(at_rival, np.maximum(pd, cfg.outside_cap_m), pd)
-            pl = np.where(at_rival, np.inf, pl)
+            pd = np.where(points_box_distance(pts, rivals) < pd, np.maximum(pd, cfg.outside_cap_m), pd)
         for g, ok_, dv, lv in zip(multi, near.tolist(), pd.tolist(), pl.tolist(), strict=True):
             dist[g[0]] = dv if ok_ else np.inf
             if ok_:

@@ -212,7 +212,10 @@ class FusionEngine:
         """Any message but a camera frame (those go by instants, :meth:`_instant`)."""
         self.stats.processed[type(msg).__name__] += 1
         if isinstance(msg, ShelfEventMsg):
-            self._events.append(_Pending(msg.t_end + self.cfg.association.delay_s, msg))
+            due = msg.t_end + self.cfg.association.delay_s
+            if msg.parent_id:  # its siblings come right after it: not before the cameras have moved on
+                due = max(due, self.clock)
+            self._events.append(_Pending(due, msg))
             if msg.parent_id:
                 self._changes.setdefault(msg.parent_id, []).append((msg.t_end, tuple(ln.lane for ln in msg.lanes)))
             return []

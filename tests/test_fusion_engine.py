@@ -23,7 +23,7 @@ from tests.fusion_scene import (
     tracks_messages,
 )
 from tests.helpers_fusion_scene import crowd_messages
-from wire.messages import StatusMsg, TracksMsg
+from wire.messages import ShelfEventMsg, StatusMsg, TracksMsg
 
 STORE = scene_store()
 CAMS = scene_cameras()
@@ -513,6 +513,23 @@ def test_a_hand_in_the_neighbouring_lane_of_the_same_change_is_not_taken_for_thi
         assert r["acct-alice"].decision == "charge", r["acct-alice"].reasons
     else:  # unrelated events: Bob's hand, the only one seen near L2, takes it
         assert STORE.lanes["L2"].sku in bob and not alice
+
+
+@pytest.mark.parametrize("lag_s", [0.0, 0.6])
+def test_the_events_of_one_change_are_associated_together_however_late_they_arrive(lag_s):
+    """A gateway publishes a change's sub-events one after the other once the shelf has settled, ``lag_s``
+    after their end (``ts`` = ``t_end``): the first must wait for its sibling, or it is associated without
+    the sibling's lanes as rivals and Bob's hand in L3, the only one seen near L2, takes Alice's pick too."""
+    msgs = [m.model_copy(update={"ts": m.t_end}) if isinstance(m, ShelfEventMsg) else m
+            for m in _hidden_hand_neighbours(True)]
+    eng = FusionEngine(STORE)
+    effects = []
+    for m in sorted(msgs, key=lambda m: m.ts + (lag_s if isinstance(m, ShelfEventMsg) else 0.0)):
+        effects.extend(eng.offer(m))
+    effects.extend(eng.finish())
+    r = receipts(effects)
+    got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
+    assert got == {"acct-alice": [STORE.lanes["L2"].sku], "acct-bob": [STORE.lanes["L3"].sku]}
 
 
 def _picker_with_mislocated_hand() -> list:
