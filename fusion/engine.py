@@ -215,9 +215,8 @@ class FusionEngine:
             due = msg.t_end + self.cfg.association.delay_s
             if msg.parent_id:  # its siblings come right after it: not before the cameras have moved on
                 due = max(due, self.clock)
-            self._events.append(_Pending(due, msg))
-            if msg.parent_id:
                 self._changes.setdefault(msg.parent_id, []).append((msg.t_end, tuple(ln.lane for ln in msg.lanes)))
+            self._events.append(_Pending(due, msg))
             return []
         if isinstance(msg, GateEntryMsg):
             return self._entry(msg)

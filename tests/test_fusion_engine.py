@@ -29,10 +29,11 @@ STORE = scene_store()
 CAMS = scene_cameras()
 
 
-def run(messages, engine=None):
+def run(messages, engine=None, arrival=lambda m: m.ts):
+    """Offer ``messages`` in the order they arrive (``arrival``: default their timestamps), then finish."""
     eng = engine or FusionEngine(STORE)
     effects = []
-    for m in sorted(messages, key=lambda m: m.ts):
+    for m in sorted(messages, key=arrival):
         effects.extend(eng.offer(m))
     effects.extend(eng.finish())
     return eng, effects
@@ -522,11 +523,7 @@ def test_the_events_of_one_change_are_associated_together_however_late_they_arri
     the sibling's lanes as rivals and Bob's hand in L3, the only one seen near L2, takes Alice's pick too."""
     msgs = [m.model_copy(update={"ts": m.t_end}) if isinstance(m, ShelfEventMsg) else m
             for m in _hidden_hand_neighbours(True)]
-    eng = FusionEngine(STORE)
-    effects = []
-    for m in sorted(msgs, key=lambda m: m.ts + (lag_s if isinstance(m, ShelfEventMsg) else 0.0)):
-        effects.extend(eng.offer(m))
-    effects.extend(eng.finish())
+    _, effects = run(msgs, arrival=lambda m: m.ts + (lag_s if isinstance(m, ShelfEventMsg) else 0.0))
     r = receipts(effects)
     got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
     assert got == {"acct-alice": [STORE.lanes["L2"].sku], "acct-bob": [STORE.lanes["L3"].sku]}
