@@ -656,6 +656,25 @@ def test_events_of_one_change_lean_to_different_shoppers(probs, same, expected):
     assert got == expected
 
 
+@pytest.mark.parametrize(("probs", "min_margin", "uncertain"), [
+    ({"a": 0.72, "b": 0.28}, None, False),  # a margin of 0.44: charged at the default threshold (0.4) ...
+    ({"a": 0.72, "b": 0.28}, 0.5, True),  # ... held where the store asks for more
+    ({"a": 0.66, "b": 0.34}, None, True),  # 0.32: held
+    ({"a": 0.5, "b": 0.5}, None, True),  # a tie: held
+    ({"a": 1.0}, None, False),  # nobody else near
+])
+def test_a_line_is_uncertain_when_its_shopper_leads_the_runner_up_by_too_little(probs, min_margin, uncertain):
+    from fusion.association import reweigh
+
+    cfg = FusionConfig().association
+    if min_margin is not None:
+        cfg = cfg.model_copy(update={"min_margin": min_margin})
+    a = reweigh(_assoc(probs), {}, cfg)
+    assert a.shopper == "a"
+    assert a.uncertain is uncertain, a.reason
+    assert ("margin" in a.reason) is uncertain
+
+
 # ------------------------------------------------------------------------------------------ adoption
 def lost_and_found(bob_colour: tuple[float, float, float]):
     """Alice (orange shirt) enters and is lost in mid-store at 5 s; at 7 s she is seen again 1.4 m away, too
