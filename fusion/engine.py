@@ -446,8 +446,24 @@ class FusionEngine:
 
     def _associate(self, ev: ShelfEventMsg) -> Association:
         boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
-        return associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
-                         t_step=ev.t_step)
+        eligible = self._eligible()
+        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
+                      t_step=ev.t_step, eligible=eligible)
+        if a.shopper is None and eligible is not None:  # only such shoppers near: the event goes to review
+            a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
+                          t_step=ev.t_step)
+        return a
+
+    def _eligible(self) -> set[str] | None:
+        """Who may have done a shelf event: everyone but the shoppers who appeared away from the gate and whose
+        colour matched no visit (:meth:`_adopt` decided against them).  Nobody enters but through the gate:
+        such a shopper is a camera's track the floor could not join to the person it shows -- a second box on
+        someone bending into a shelf, or a ghost where two people's head rays cross -- and it carries that
+        person's wrist rays, so it would take their picks to no visit (when nobody else is near, it still
+        takes the event, to review).  None: nobody is left out."""
+        out = {inf.id for inf in self.floor.info
+               if inf.origin != "unknown" or not inf.adoption_decided or inf.id in self.visits.by_shopper}
+        return None if len(out) == len(self.floor.info) else out
 
     def _shelf_event(self, ev: ShelfEventMsg, a: Association | None = None) -> list[Effect]:
         cands = [(c.sku, c.qty, c.p) for c in sorted(ev.candidates, key=lambda c: (-c.p, c.sku, c.qty))]

@@ -716,6 +716,33 @@ def test_a_shopper_found_again_under_a_new_id_is_adopted_by_the_visit_of_that_co
     assert any("by colour only" in why for why in r["acct-alice"].reasons) == alice_gets_it
 
 
+@pytest.mark.parametrize("dup_colour, alice_at_shelf, alice_lines, decision, unassigned", [
+    ((20.0, 0.0, 0.0), True, ["P2"], "charge", []),  # the extra track is nobody's colour: Alice's pick
+    ((70.0, 30.0, 50.0), True, ["P2"], "hold", []),  # her colour: adopted by her visit, its line for review
+    ((20.0, 0.0, 0.0), False, [], "no_charge", [("e1", "shopper not bound to a visit")]),  # nobody else near
+])
+def test_a_track_that_matched_no_visit_does_not_take_the_pick_of_the_shopper_beside_it(
+        dup_colour, alice_at_shelf, alice_lines, decision, unassigned):
+    """Alice (orange) enters and stands at L2, her hand hidden; from 6 s the cameras also show a track the
+    floor cannot join to her, 0.45 m beside her (a second box on someone bending into the shelf, a ghost
+    where head rays cross): it appears away from the gate and carries the wrist that reaches into L2 at
+    8-10 s.  Unless its colour is a visit's, it is bound to nothing, and the pick is Alice's."""
+    t = lane_target(STORE, "L2")
+    spot = (t[0], 2.65) if alice_at_shelf else (4.0, 1.2)
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, *spot), (13.0, *spot),
+                                      (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)])
+    extra = ScriptedShopper("extra", [(6.0, t[0] + 0.45, 2.65), (11.0, t[0] + 0.45, 2.65)], [(8.0, 10.0, t)])
+    colours = {1: (70.0, 30.0, 50.0), 2: dup_colour}  # by track id (list order + 1)
+    msgs = [m.model_copy(update={"tracks": [tr.model_copy(update={"colour": colours[tr.id]}) for tr in m.tracks]})
+            for m in tracks_messages([alice, extra], CAMS, 18.0)]
+    msgs += [entry("acct-alice", 1.1, 1), shelf_event(STORE, "e1", "L2", 8.2, 9.8, 1)]
+    _, effects = run(msgs)
+    r = receipts(effects)["acct-alice"]
+    assert [ln["sku"] for ln in r.lines] == alice_lines
+    assert r.decision == decision, r.reasons
+    assert [(e.event_id, e.reason) for e in effects if isinstance(e, Unassigned)] == unassigned
+
+
 @pytest.mark.parametrize("off_g, max_z, decision, left", [
     (1.0, 4.0, "no_charge", 0),  # the shelf read a P3, but what carol holds weighs that: her P2 came back
     (6.0, 4.0, "hold", 0),  # 2.4 spreads off: taken back, but a person should look
