@@ -139,8 +139,10 @@ class AssociationConfig(_Cfg):
                                                     "hand resting in front of it was not")
     persist_instants: int = Field(1, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
-    body_free_m: float = Field(0.75, ge=0, title="Body free distance",
-                               description="Body-to-lane distance that costs nothing")
+    body_free_m: float = Field(0.4, ge=0, title="Body free distance",
+                               description="Body-to-lane distance that costs nothing (where no hand is seen at "
+                                           "the lane, who stood nearer is what is left to go by: two shoppers "
+                                           "0.4 and 0.7 m from it used to tie)")
     body_sd_m: float = Field(0.35, gt=0, title="Body sd", description="Spread beyond body_free_m")
     no_wrist_distance_m: float = Field(0.45, gt=0, title="Unseen wrist distance",
                                        description="Distance assumed for a shopper whose wrists were never seen")

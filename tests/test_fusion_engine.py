@@ -743,6 +743,25 @@ def test_a_track_that_matched_no_visit_does_not_take_the_pick_of_the_shopper_bes
     assert [(e.event_id, e.reason) for e in effects if isinstance(e, Unassigned)] == unassigned
 
 
+@pytest.mark.parametrize("body_free, picker", [(None, "acct-alice"), (0.75, "acct-bob")])
+def test_with_no_hand_seen_at_the_lane_the_shopper_standing_nearer_did_it(body_free, picker):
+    """Bob (first through the gate) stands 0.75 m from L2 and Alice 0.65 m; neither hand is seen reaching in
+    (the exclusion is off here, so only the wrists and the bodies count).  Alice is the likelier picker;
+    counting every distance up to 0.75 m as the same, the two tied and the first id won."""
+    t = lane_target(STORE, "L2")
+    bob = ScriptedShopper("bob", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, t[0] + 0.1, 2.25), (13.0, t[0] + 0.1, 2.25),
+                                  (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)])
+    alice = ScriptedShopper("alice", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.0, t[0], 2.35), (13.0, t[0], 2.35),
+                                      (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)])
+    assoc = {"exclusion_weight": 0.0} | ({} if body_free is None else {"body_free_m": body_free})
+    cfg = FusionConfig.model_validate({"association": assoc})
+    msgs = tracks_messages([bob, alice], CAMS, 18.0) + [entry("acct-bob", 1.1, 1), entry("acct-alice", 3.1, 2),
+                                                       shelf_event(STORE, "e1", "L2", 8.2, 9.8, 1)]
+    _, effects = run(msgs, FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    assert [acct for acct, rec in sorted(r.items()) if rec.lines] == [picker]
+
+
 @pytest.mark.parametrize("off_g, max_z, decision, left", [
     (1.0, 4.0, "no_charge", 0),  # the shelf read a P3, but what carol holds weighs that: her P2 came back
     (6.0, 4.0, "hold", 0),  # 2.4 spreads off: taken back, but a person should look
