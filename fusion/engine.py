@@ -446,11 +446,11 @@ class FusionEngine:
 
     def _associate(self, ev: ShelfEventMsg) -> Association:
         boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
-        eligible = self._eligible()
-        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
+        rivals, eligible = self._rivals(ev), self._eligible()
+        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
                       t_step=ev.t_step, eligible=eligible)
         if a.shopper is None and eligible is not None:  # only such shoppers near: the event goes to review
-            a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=self._rivals(ev),
+            a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
                           t_step=ev.t_step)
         return a
 
