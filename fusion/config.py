@@ -194,6 +194,10 @@ class CheckoutConfig(_Cfg):
                                                 "stalled with the visit's last events in its outbox), at most "
                                                 "this many seconds of event time; then it is settled and held "
                                                 "for review")
+    shelf_near_margin_s: float = Field(1.0, ge=0, title="Shelf wait margin",
+                                       description="... and for a gateway's per-shelf watermarks, only up to "
+                                                   "this long after the visit's shoppers were last near the shelf "
+                                                   "(an event of theirs there started while they were near)")
 
 
 class FusionConfig(_Cfg):

@@ -403,27 +403,34 @@ class FusionEngine:
 
     def _gateways_behind(self, v: Visit, exited: float) -> list[str]:
         """Shelf gateways that may still hold events of visit ``v``: their watermark has not passed its exit
-        -- on a shelf the visit's shoppers came near, for gateways that send per-shelf watermarks."""
+        -- for gateways that send per-shelf watermarks, on a shelf the visit's shoppers came near, and only up
+        to the last moment they were near it (``checkout.shelf_near_margin_s`` later): an event of theirs on
+        it started while they were there, and someone else's change still open on a shelf they passed long ago
+        is not theirs."""
         late = sorted(dev for dev, (mark, _) in self.shelf_marks.items() if mark < exited)
         if not late or not any(dev in self.shelf_marks_by_shelf for dev in late):
             return late
         near = self._shelves_near(v)
+        margin = self.cfg.checkout.shelf_near_margin_s
         return [dev for dev in late if dev not in self.shelf_marks_by_shelf
-                or any(t < exited for sid, t in self.shelf_marks_by_shelf[dev].items() if sid in near)]
+                or any(t < min(exited, near[sid] + margin)
+                       for sid, t in self.shelf_marks_by_shelf[dev].items() if sid in near)]
 
-    def _shelves_near(self, v: Visit) -> set[str]:
+    def _shelves_near(self, v: Visit) -> dict[str, float]:
         """Shelves within a reach (and a margin) of where the visit's shoppers were, over the positions still
-        kept (``floor.history_s`` before each one's last)."""
-        pts = [(x, y) for sid in v.shoppers for _, x, y in self.floor.shopper(sid).path]
+        kept (``floor.history_s`` before each one's last), with the last time one of them was there."""
+        pts = [(t, x, y) for sid in v.shoppers for t, x, y in self.floor.shopper(sid).path]
         if not pts:
-            return set(self.shelf_extent)  # nothing to go by: every shelf
-        xy = np.asarray(pts)
+            return dict.fromkeys(self.shelf_extent, math.inf)  # nothing to go by: every shelf, to the end
+        txy = np.asarray(pts)
+        xy = txy[:, 1:]
         reach = self.cfg.association.reach_m + 0.5
-        out = set()
+        out = {}
         for sid, (lo, hi) in self.shelf_extent.items():
             gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)
-            if float(np.min(gap[:, 0] ** 2 + gap[:, 1] ** 2)) <= reach * reach:
-                out.add(sid)
+            at = gap[:, 0] ** 2 + gap[:, 1] ** 2 <= reach * reach
+            if at.any():
+                out[sid] = float(txy[at, 0].max())
         return out
 
     # ------------------------------------------------------------------------------------------ shelf events

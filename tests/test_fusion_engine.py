@@ -452,23 +452,25 @@ FAR_SHELF = (np.array([4.5, 4.3]), np.array([6.0, 4.8]))  # across the store fro
 NEAR_SHELF = (np.array([0.9, 1.9]), np.array([2.0, 2.3]))  # just in front of where Gil stands
 
 
-@pytest.mark.parametrize("per_shelf, other, settled", [
-    # another shelf's activity (14-30 s) holds the gateway's watermark over Gil's exit (16.4 s)
-    (True, FAR_SHELF, (16.5, 17.5)),  # per-shelf marks: that shelf is nowhere near Gil, no wait
-    (False, FAR_SHELF, (29.5, 30.6)),  # the gateway's one watermark: Gil waits for it
-    (True, NEAR_SHELF, (29.5, 30.6)),  # a shelf Gil came near: waited for
-], ids=["far-per-shelf", "far-one-watermark", "near-per-shelf"])
-def test_a_visit_waits_only_for_shelves_its_shoppers_came_near(per_shelf, other, settled):
+@pytest.mark.parametrize("per_shelf, other, opened, margin, settled", [
+    # another shelf's activity (from ``opened`` to 30 s) holds the gateway's watermark over Gil's exit (16.4 s)
+    (True, FAR_SHELF, 14.0, 1.0, (16.5, 17.5)),  # per-shelf marks: that shelf is nowhere near Gil, no wait
+    (False, FAR_SHELF, 14.0, 1.0, (29.5, 30.6)),  # the gateway's one watermark: Gil waits for it
+    (True, NEAR_SHELF, 14.0, 1.0, (29.5, 30.6)),  # a shelf Gil came near (last at 15.0 s): waited for
+    (True, NEAR_SHELF, 15.6, 0.3, (16.5, 17.5)),  # ... but a change opened there after he left it is not his
+    (True, NEAR_SHELF, 15.6, 1.0, (29.5, 30.6)),  # ... unless within the margin of his last moment there
+], ids=["far-per-shelf", "far-one-watermark", "near-per-shelf", "near-opened-after", "near-opened-within-margin"])
+def test_a_visit_waits_only_for_shelves_its_shoppers_came_near(per_shelf, other, opened, margin, settled):
     tracks, events = late_picker()
 
     def beat(k: int) -> StatusMsg:
         t = T0 + k * 0.25
         marks = {"S1": min([t] + [e.t_start for e in events if e.t_start < t < e.ts]),
-                 "S9": T0 + 14.0 if T0 + 14.0 <= t < T0 + 30.0 else t}
+                 "S9": T0 + opened if T0 + opened <= t < T0 + 30.0 else t}
         return StatusMsg(source=SHELF_DEV, seq=100 + k, ts=t, device=SHELF_DEV, kind="shelf", state="online",
                          watermark=min(marks.values()), shelf_watermarks=marks if per_shelf else {})
 
-    eng = FusionEngine(STORE)
+    eng = FusionEngine(STORE, FusionConfig.model_validate({"checkout": {"shelf_near_margin_s": margin}}))
     eng.shelf_extent["S9"] = other
     eng, effects = run(tracks + events + [beat(k) for k in range(160)], eng)
     r = receipts(effects)["acct-gil"]
