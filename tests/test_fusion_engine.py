@@ -678,6 +678,12 @@ def test_a_line_is_uncertain_when_its_shopper_leads_the_runner_up_by_too_little(
 
 
 # ------------------------------------------------------------------------------------------ adoption
+def coloured(msgs: list[TracksMsg], colours: dict[int, tuple[float, float, float]]) -> list[TracksMsg]:
+    """``msgs`` with each track's chest colour set from ``colours`` by track id."""
+    return [m.model_copy(update={"tracks": [t.model_copy(update={"colour": colours[t.id]}) for t in m.tracks]})
+            for m in msgs]
+
+
 def lost_and_found(bob_colour: tuple[float, float, float]):
     """Alice (orange shirt) enters and is lost in mid-store at 5 s; at 7 s she is seen again 1.4 m away, too
     far for recovery (its radius is cut to 0.5 m here), so the floor gives her a new id bound to no visit; she
@@ -689,8 +695,7 @@ def lost_and_found(bob_colour: tuple[float, float, float]):
     found = ScriptedShopper("alice-again", [(7.0, 1.3, 2.65), (11.0, 1.3, 2.65), (15.0, 5.5, 0.5), (15.5, 5.6, 0.3)],
                             [(9.0, 10.0, lane_target(STORE, "L2"))])
     colours = {1: (70.0, 30.0, 50.0), 2: bob_colour, 3: (70.0, 30.0, 50.0)}  # by track id (list order + 1)
-    msgs = [m.model_copy(update={"tracks": [t.model_copy(update={"colour": colours[t.id]}) for t in m.tracks]})
-            for m in tracks_messages([alice, bob, found], CAMS, 18.0)]
+    msgs = coloured(tracks_messages([alice, bob, found], CAMS, 18.0), colours)
     return msgs + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2),
                    shelf_event(STORE, "e1", "L2", 9.1, 9.9, 1)]
 
@@ -735,8 +740,7 @@ def test_a_track_that_matched_no_visit_does_not_take_the_pick_of_the_shopper_bes
                                       (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)])
     extra = ScriptedShopper("extra", [(6.0, t[0] + 0.45, 2.65), (11.0, t[0] + 0.45, 2.65)], [(8.0, 10.0, t)])
     colours = {1: (70.0, 30.0, 50.0), 2: dup_colour}  # by track id (list order + 1)
-    msgs = [m.model_copy(update={"tracks": [tr.model_copy(update={"colour": colours[tr.id]}) for tr in m.tracks]})
-            for m in tracks_messages([alice, extra], CAMS, 18.0)]
+    msgs = coloured(tracks_messages([alice, extra], CAMS, 18.0), colours)
     msgs += [entry("acct-alice", 1.1, 1), shelf_event(STORE, "e1", "L2", 8.2, 9.8, 1)]
     _, effects = run(msgs)
     r = receipts(effects)["acct-alice"]
