@@ -490,9 +490,47 @@ class FusionEngine:
         cart = self.carts[vid]
         line = self._line(ev, a, cands, cart)
         if line is None:
-            return [self._cart_effect(v, "open")]
+            return [self._cart_effect(v, "open"), *self._hold_holders(ev, a, vid, cands)]
         cart.append(line)
-        return [self._cart_effect(v, "open")]
+        return [self._cart_effect(v, "open"), *self._hold_runner_up(ev, a, vid)]
+
+    def _hold_runner_up(self, ev: ShelfEventMsg, a: Association, vid: str) -> list[Effect]:
+        """A line whose shopper led the runner-up by too little (``association.min_margin``) may be the
+        runner-up's: their visit is held for review too, not charged without it (either cart may be the wrong
+        one)."""
+        if a.runner_up is None or a.margin >= self.cfg.association.min_margin:
+            return []
+        return self._hold_also(ev, vid, [a.runner_up],
+                               f"may be {a.runner_up}'s (went to {a.shopper} of visit {vid}, margin {a.margin:.2f})")
+
+    def _hold_holders(self, ev: ShelfEventMsg, a: Association, vid: str,
+                      cands: list[tuple[str, int, float]]) -> list[Effect]:
+        """A put-back that matched nothing in the cart of the shopper it went to: the other shoppers near it
+        whose carts hold one of its candidate products may have put it back -- their visits are held too, not
+        charged for what may be back on the shelf."""
+        if ev.action == "pick" or not cands:
+            return []
+        skus = {sku for sku, _, _ in cands}
+        holders = [s for s in sorted(a.scores) if s != a.shopper and (rv := self.visits.by_shopper.get(s))
+                   and rv in self.carts and any(self.carts[rv].holdings()[sku] > 0 for sku in skus)]
+        return self._hold_also(ev, vid, holders, f"put-back not in the cart of {a.shopper} (visit {vid}) "
+                                                 "but in this one's: may be theirs")
+
+    def _hold_also(self, ev: ShelfEventMsg, vid: str, shoppers: list[str], why: str) -> list[Effect]:
+        """Hold the visits of ``shoppers`` other than ``vid`` (still open) for review, with ``why`` about
+        ``ev``; once per event and visit (the same evidence applied twice, as on a replay after a restart,
+        adds nothing)."""
+        out: list[Effect] = []
+        for sid in shoppers:
+            rvid = self.visits.by_shopper.get(sid)
+            if rvid is None or rvid == vid or rvid not in self.carts or self.visits.visits[rvid].settled:
+                continue
+            issue = f"event {ev.event_id}: {why}"
+            cart = self.carts[rvid]
+            if issue not in cart.issues:
+                cart.issues.append(issue)
+                out.append(self._cart_effect(self.visits.visits[rvid], "open"))
+        return out
 
     def _rivals(self, ev: ShelfEventMsg) -> list[Box]:
         """The lanes of the other events of ``ev``'s shelf change (a change split into sub-events, one per

@@ -635,6 +635,56 @@ def test_the_hand_in_the_lane_when_the_weight_stepped_did_it(t_step, decision):
     assert r["acct-alice"].decision == decision, r["acct-alice"].reasons
 
 
+@pytest.mark.parametrize("t_step, min_margin, alice, bob", [
+    (None, None, "hold", "hold"),  # uncertain: Bob, the runner-up, may have taken it -- not let out uncharged
+    (None, 0.0, "charge", "no_charge"),  # the store takes any margin: nothing uncertain, nothing held
+    (8.5, None, "charge", "no_charge"),  # the step time makes it Alice's for sure: Bob is not held
+])
+def test_an_uncertain_line_holds_the_runner_ups_visit_too(t_step, min_margin, alice, bob):
+    """A line whose shopper led the runner-up by too little goes to the leader's visit, held; the runner-up's
+    visit is held as well (with the event named), since the line may be theirs: charging it without the line
+    would be a guess too."""
+    cfg = FusionConfig()
+    if min_margin is not None:
+        cfg = FusionConfig.model_validate({"association": {"min_margin": min_margin}})
+    _, effects = run(_bystander_reaching_while_the_shelf_settles(t_step), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    assert [ln["sku"] for ln in r["acct-alice"].lines] == [STORE.lanes["L2"].sku]
+    assert not r["acct-bob"].lines
+    assert (r["acct-alice"].decision, r["acct-bob"].decision) == (alice, bob), r["acct-bob"].reasons
+    assert any("event e1: may be" in why for why in r["acct-bob"].reasons) is (bob == "hold")
+
+
+def _put_back_seen_only_in_the_wrong_hand(bob_lane: str) -> list:
+    """Bob picks from ``bob_lane`` at 5-6 s; at 10-11 s an item of L3's product comes back onto L3 and only
+    Alice's hand is seen there (Bob's, beside her, is hidden): the put-back goes to Alice, whose cart holds
+    none of it."""
+    ta, tb = lane_target(STORE, "L3"), lane_target(STORE, bob_lane)
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, ta[0] - 0.15, 2.65),
+                                      (12.0, ta[0] - 0.15, 2.65), (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)],
+                            [(10.0, 11.0, ta)])
+    bob = ScriptedShopper("bob", [(2.0, 0.5, 0.5), (3.0, 0.8, 1.2), (4.5, ta[0] + 0.45, 2.65),
+                                  (12.5, ta[0] + 0.45, 2.65), (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)],
+                          [(5.0, 6.0, tb)])
+    return tracks_messages([alice, bob], CAMS, 18.0) + [
+        entry("acct-alice", 1.1, 1), entry("acct-bob", 2.1, 2), shelf_event(STORE, "e1", bob_lane, 5.1, 5.9, 1),
+        shelf_event(STORE, "e2", "L3", 10.1, 10.9, 2, action="put")]
+
+
+@pytest.mark.parametrize("bob_lane, bob", [
+    ("L3", "hold"),  # Bob holds that product: the put-back may be his -- not charged for what may be back
+    ("L4", "charge"),  # he holds another product: his visit is charged as usual
+])
+def test_a_put_back_not_in_its_shoppers_cart_holds_the_visits_of_those_near_who_hold_it(bob_lane, bob):
+    _, effects = run(_put_back_seen_only_in_the_wrong_hand(bob_lane))
+    r = receipts(effects)
+    assert [ln["sku"] for ln in r["acct-bob"].lines] == [STORE.lanes[bob_lane].sku]
+    assert r["acct-alice"].decision == "hold"
+    assert any("put-back of P3 not in the cart" in why for why in r["acct-alice"].reasons), r["acct-alice"].reasons
+    assert r["acct-bob"].decision == bob, r["acct-bob"].reasons
+    assert any("event e2: " in why for why in r["acct-bob"].reasons) is (bob == "hold")
+
+
 def _assoc(probs: dict[str, float]):
     from fusion.association import Association
 
