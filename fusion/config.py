@@ -61,6 +61,10 @@ class FloorConfig(_Cfg):
                                      description="Added spread across the ray per metre from the camera")
     spawn_margin_m: float = Field(1.0, ge=0, title="Spawn margin",
                                   description="New shoppers appear within this distance of an entry gate")
+    gate_origin_s: float = Field(1.0, ge=0, title="Gate origin window",
+                                 description="A shopper first placed away from the gate who is within spawn_margin_m "
+                                             "of it this soon after appearing came in through it (a head first "
+                                             "seen at the edge of a view can be placed a metre or more off)")
     exit_margin_m: float = Field(1.0, ge=0, title="Exit margin",
                                  description="A shopper lost within this distance of an exit has left")
     max_speed_mps: float = Field(2.5, gt=0, title="Maximum speed", description="Clamp on the filtered velocity")

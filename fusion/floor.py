@@ -15,7 +15,8 @@ distance, preferring the shopper a (camera, track id) was linked to before (hand
 left over goes to a shopper this camera does not see right now if it is close enough (a camera picking up a
 shopper), else to a lost shopper (recovery: near the gate only a close one, elsewhere the nearest, since
 nobody enters except through the gate), else it becomes a new shopper (``gate`` origin near an entry gate,
-``unknown`` elsewhere).  A shopper whose position enters an exit, or who is lost next to one, has left.
+``unknown`` elsewhere; one placed off at first sight who is at the gate within ``gate_origin_s`` came in
+through it too).  A shopper whose position enters an exit, or who is lost next to one, has left.
 
 Where tracks carry the chest colour (``edge/appearance.py``), each shopper keeps a running colour and every
 matching cost gets the capped colour distance added: it keeps two shoppers apart through a close pass or a
@@ -542,6 +543,8 @@ class FloorTracker:
             t = tracks[r]
             links[t.track_id] = slot
             x, y = s.m[:2].tolist()
+            if s.origin == "unknown" and ts - s.created_t <= cfg.gate_origin_s and self.near_gate(x, y):
+                s.origin = "gate"  # placed off at first sight, at the gate the next moment: came in through it
             s.path.append((ts, x, y))
             s.cameras.add(camera)
             if meas[r].colour is not None:

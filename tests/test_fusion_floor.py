@@ -85,3 +85,26 @@ def test_a_crouch_seen_by_one_camera_moves_the_head_not_the_shopper(trigger, mos
         assert error > 1.5 and s.m[4] > 1.3
     else:
         assert error < most_error_m and s.m[4] < 1.1
+
+
+@pytest.mark.parametrize("window_s, gate_at_s, origin", [
+    (1.0, 0.2, "gate"),  # placed 2.6 m from the gate at first sight, at it 0.2 s later: came in through it
+    (0.0, 0.2, "unknown"),  # the window off: where they were first placed decides
+    (1.0, 3.0, "unknown"),  # appeared in the store and walked to the gate later: not an entrant
+])
+def test_a_shopper_first_placed_off_but_at_the_gate_right_after_came_in_through_it(window_s, gate_at_s, origin):
+    """The first sighting of a tall shopper at the edge of a far camera's view is placed where the ray meets
+    the usual head height, metres from where they stand; what the next frames show decides whether they came
+    in through the gate (only those are bound to the visits the gate opens)."""
+    cfg = FloorConfig(gate_origin_s=window_s)
+    floor = FloorTracker(scene_store(), cfg)
+    first = (2.6 + cfg.spawn_margin_m, 0.5)
+    assert not floor.near_gate(*first)
+    floor.update("b", 0.0, [TrackObs(1, first, (1.5, 0.0, 1.5), [], None)])
+    for k in range(1, 41):
+        t = k * 0.1
+        x = np.interp(t, [0.0, gate_at_s], [first[0], 1.5])
+        floor.update("b", t, [TrackObs(1, (float(x), 0.5), (0.01, 0.0, 0.01), [], None)])
+    assert [s.id for s in floor.live()] == ["s1"]
+    assert floor.near_gate(*floor.live()[0].xy)
+    assert floor.live()[0].origin == origin
