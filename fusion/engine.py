@@ -456,10 +456,17 @@ class FusionEngine:
         rivals, eligible = self._rivals(ev), self._eligible()
         a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
                       t_step=ev.t_step, eligible=eligible)
-        if a.shopper is None and eligible is not None:  # only such shoppers near: the event goes to review
-            a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
-                          t_step=ev.t_step)
-        return a
+        if eligible is None or not (a.shopper is None or self._no_hand_at_lane(a)):
+            return a
+        # only such shoppers near, or none of the others' hands was seen at the lane: if one of theirs was,
+        # the event is theirs -- to review, as a shopper bound to no visit
+        b = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
+                      t_step=ev.t_step)
+        return b if a.shopper is None or (b.shopper not in eligible and not self._no_hand_at_lane(b)) else a
+
+    def _no_hand_at_lane(self, a: Association) -> bool:
+        """Whether the association's shopper showed no hand within ``max_wrist_distance_m`` of the lane."""
+        return a.wrist_distance is None or a.wrist_distance > self.cfg.association.max_wrist_distance_m
 
     def _eligible(self) -> set[str] | None:
         """Who may have done a shelf event: everyone but the shoppers who appeared away from the gate and whose

@@ -773,19 +773,22 @@ def test_a_shopper_found_again_under_a_new_id_is_adopted_by_the_visit_of_that_co
     assert any("by colour only" in why for why in r["acct-alice"].reasons) == alice_gets_it
 
 
-@pytest.mark.parametrize("dup_colour, alice_at_shelf, alice_lines, decision, unassigned", [
-    ((20.0, 0.0, 0.0), True, ["P2"], "charge", []),  # the extra track is nobody's colour: Alice's pick
-    ((70.0, 30.0, 50.0), True, ["P2"], "hold", []),  # her colour: adopted by her visit, its line for review
-    ((20.0, 0.0, 0.0), False, [], "no_charge", [("e1", "shopper not bound to a visit")]),  # nobody else near
+@pytest.mark.parametrize("dup_colour, alice_dx, alice_lines, decision, unassigned", [
+    ((20.0, 0.0, 0.0), 0.0, ["P2"], "charge", []),  # the extra track is nobody's colour: Alice's pick
+    ((70.0, 30.0, 50.0), 0.0, ["P2"], "hold", []),  # her colour: adopted by her visit, its line for review
+    # Alice 0.8 m to the side, no hand of hers near the lane: the hand in it is someone's the gate never saw
+    ((20.0, 0.0, 0.0), -0.8, [], "no_charge", [("e1", "shopper not bound to a visit")]),
+    ((20.0, 0.0, 0.0), None, [], "no_charge", [("e1", "shopper not bound to a visit")]),  # nobody else near
 ])
 def test_a_track_that_matched_no_visit_does_not_take_the_pick_of_the_shopper_beside_it(
-        dup_colour, alice_at_shelf, alice_lines, decision, unassigned):
-    """Alice (orange) enters and stands at L2, her hand hidden; from 6 s the cameras also show a track the
-    floor cannot join to her, 0.45 m beside her (a second box on someone bending into the shelf, a ghost
-    where head rays cross): it appears away from the gate and carries the wrist that reaches into L2 at
-    8-10 s.  Unless its colour is a visit's, it is bound to nothing, and the pick is Alice's."""
+        dup_colour, alice_dx, alice_lines, decision, unassigned):
+    """Alice (orange) enters and stands at L2 (``alice_dx`` m along the shelf from it; None: far off), her hand
+    hidden; from 6 s the cameras also show a track the floor cannot join to her, 0.45 m beside L2 (a second
+    box on someone bending into the shelf, a ghost where head rays cross): it appears away from the gate and
+    carries the wrist that reaches into L2 at 8-10 s.  Unless its colour is a visit's, it is bound to
+    nothing, and the pick is Alice's -- if a hand of hers was near the lane."""
     t = lane_target(STORE, "L2")
-    spot = (t[0], 2.65) if alice_at_shelf else (4.0, 1.2)
+    spot = (t[0] + alice_dx, 2.65) if alice_dx is not None else (4.0, 1.2)
     alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, *spot), (13.0, *spot),
                                       (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)])
     extra = ScriptedShopper("extra", [(6.0, t[0] + 0.45, 2.65), (11.0, t[0] + 0.45, 2.65)], [(8.0, 10.0, t)])
