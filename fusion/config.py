@@ -202,6 +202,10 @@ class CheckoutConfig(_Cfg):
                                        description="... and for a gateway's per-shelf watermarks, only up to "
                                                    "this long after the visit's shoppers were last near the shelf "
                                                    "(an event of theirs there started while they were near)")
+    party_gone_s: float = Field(10.0, ge=0, title="Lost behind a party",
+                                description="A party member lost in the store this long, once every other member of "
+                                            "the party has left, left with them unseen (the visit settles, held for "
+                                            "review, instead of waiting floor.vanish_after_s); 0: off")
 
 
 class FusionConfig(_Cfg):

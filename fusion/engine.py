@@ -244,6 +244,9 @@ class FusionEngine:
             self._adopt()
         for sid in left:
             out.extend(self._shopper_left(sid, ts))
+        if ts != getattr(self, "_party_checked", None):  # once per instant (older snapshots lack it)
+            self._party_checked = ts
+            out.extend(self._lost_behind_party(ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
             self.floor.prune(ts)
             self.forget(ts - self.cfg.checkout.forget_after_s)
@@ -342,6 +345,25 @@ class FusionEngine:
         if vid is None:
             return []
         return self._maybe_close(self.visits.visits[vid], ts)
+
+    def _lost_behind_party(self, now: float) -> list[Effect]:
+        """Party members lost in the store for ``checkout.party_gone_s`` while every other member of their party
+        has left: they left with them unseen (a track lost in the crowd at the exit), so the visit settles, held
+        for review as lost, rather than ``floor.vanish_after_s`` later."""
+        wait = self.cfg.checkout.party_gone_s
+        out: list[Effect] = []
+        if wait <= 0:
+            return out
+        for s in self.floor.lost():
+            vid = self.visits.by_shopper.get(s.id)
+            if vid is None or now - s.seen <= wait:
+                continue
+            others = [self.floor.shopper(o) for o in self.visits.visits[vid].shoppers if o != s.id]
+            if others and all(o.exited_t is not None for o in others):
+                log.info("shopper %s lost since %.3f while the rest of visit %s left: gone with them", s.id,
+                         s.seen, vid)
+                out.extend(self._shopper_left(self.floor.vanish(s), now))
+        return out
 
     def _maybe_close(self, v: Visit, now: float) -> list[Effect]:
         """Close a visit whose shoppers have all left (or that never got one), and schedule its settling."""

@@ -848,3 +848,27 @@ def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_wei
     if decision == "hold":
         assert any(("taken as P2 by its weight" if left == 0 else "put-back of P3 not in the cart") in x
                    for x in r.reasons)
+
+
+@pytest.mark.parametrize("party_gone_s, settled_by", [(10.0, 17.0), (0.0, None)])
+def test_a_party_member_lost_in_the_store_after_the_others_left_left_with_them(party_gone_s, settled_by):
+    """Alice and Bob come in on one scan; the cameras lose Bob in mid-store at 6 s and never see him again;
+    Alice leaves at 15 s, while Carol (no visit) shops on until 40 s.  Bob went out with Alice unseen: their
+    visit settles 10 s after he was last seen, held for review as lost -- not only when he would vanish
+    (``floor.vanish_after_s``, 120 s) or the input ends."""
+    alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, 2.0, 2.4), (14.0, 5.5, 0.5),
+                                      (15.0, 5.6, 0.3)])
+    bob = ScriptedShopper("bob", [(1.5, 0.5, 0.5), (2.5, 0.8, 1.2), (6.0, 1.0, 2.6)])
+    carol = ScriptedShopper("carol", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.0), (20.0, 4.5, 1.0), (40.0, 1.5, 1.0)])
+    msgs = tracks_messages([alice, bob, carol], CAMS, 41.0) + [entry("acct-ab", 1.2, 1, party=2)]
+    cfg = FusionConfig.model_validate({"checkout": {"party_gone_s": party_gone_s},
+                                       # (recovery cut to 0.5 m: no track seen later is taken for Bob's)
+                                       "floor": {"recover_radius_m": 0.5, "recover_max_m": 0.5}})
+    _, effects = run(msgs, FusionEngine(STORE, cfg))
+    r = receipts(effects)["acct-ab"]
+    assert len(r.shoppers) == 2
+    assert r.decision == "hold" and any("lost in the store" in why for why in r.reasons), r.reasons
+    if settled_by is None:
+        assert r.settled_at > 40.0 + T0
+    else:
+        assert r.settled_at < settled_by + T0
