@@ -34,7 +34,7 @@ from calibration.store import Box, Shelf, Store
 from fusion.association import Association, associate, reweigh, sibling_factors
 from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
 from fusion.config import FusionConfig
-from fusion.floor import FloorTracker, TrackObs
+from fusion.floor import LOST, FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
 from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
 
@@ -117,6 +117,8 @@ class FusionEngine:
         self._events: list[_Pending] = []
         # shelf change (parent_id) -> (t_end, lanes) of each of its events: the lanes of an event's siblings
         self._changes: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        self._parties_leaving: set[str] = set()  # open visits some of whose shoppers have left
+        self._party_checked: float | None = None  # the instant they were last checked
         self._settle: dict[str, float] = {}  # visit -> due time
         self.offline: dict[str, list[list[float]]] = {}  # device -> [[from, to or inf], ...]
         self.camera_seen: dict[str, float] = {}
@@ -244,8 +246,8 @@ class FusionEngine:
             self._adopt()
         for sid in left:
             out.extend(self._shopper_left(sid, ts))
-        if ts != getattr(self, "_party_checked", None):  # once per instant (older snapshots lack it)
-            self._party_checked = ts
+        if getattr(self, "_parties_leaving", None) and ts != self._party_checked:  # (older snapshots lack them)
+            self._party_checked = ts  # once per instant
             out.extend(self._lost_behind_party(ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
             self.floor.prune(ts)
@@ -344,7 +346,15 @@ class FusionEngine:
         vid = self.visits.by_shopper.get(sid)
         if vid is None:
             return []
-        return self._maybe_close(self.visits.visits[vid], ts)
+        v = self.visits.visits[vid]
+        out = self._maybe_close(v, ts)
+        if not hasattr(self, "_parties_leaving"):  # (older snapshots lack it)
+            self._parties_leaving, self._party_checked = set(), None
+        if v.exited_at is None and len(v.shoppers) > 1:
+            self._parties_leaving.add(vid)  # some of the party have left: watched for members lost behind them
+        else:
+            self._parties_leaving.discard(vid)
+        return out
 
     def _lost_behind_party(self, now: float) -> list[Effect]:
         """Party members lost in the store for ``checkout.party_gone_s`` while every other member of their party
@@ -354,15 +364,18 @@ class FusionEngine:
         out: list[Effect] = []
         if wait <= 0:
             return out
-        for s in self.floor.lost():
-            vid = self.visits.by_shopper.get(s.id)
-            if vid is None or now - s.seen <= wait:
+        for vid in sorted(self._parties_leaving):
+            v = self.visits.visits.get(vid)
+            if v is None or v.exited_at is not None:  # closed otherwise (or forgotten)
+                self._parties_leaving.discard(vid)
                 continue
-            others = [self.floor.shopper(o) for o in self.visits.visits[vid].shoppers if o != s.id]
-            if others and all(o.exited_t is not None for o in others):
-                log.info("shopper %s lost since %.3f while the rest of visit %s left: gone with them", s.id,
-                         s.seen, vid)
-                out.extend(self._shopper_left(self.floor.vanish(s), now))
+            members = [self.floor.shopper(o) for o in v.shoppers]
+            lost = [m for m in members if m.state == LOST and now - m.seen > wait]
+            if lost and len(lost) + sum(m.exited_t is not None for m in members) == len(members):
+                for m in lost:
+                    log.info("shopper %s lost since %.3f while the rest of visit %s left: gone with them", m.id,
+                             m.seen, vid)
+                    out.extend(self._shopper_left(self.floor.vanish(m), now))
         return out
 
     def _maybe_close(self, v: Visit, now: float) -> list[Effect]:
