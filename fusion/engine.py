@@ -553,8 +553,13 @@ class FusionEngine:
         if ev.action == "pick" or not cands:
             return []
         skus = {sku for sku, _, _ in cands}
-        holders = [s for s in sorted(a.scores) if s != a.shopper and (rv := self.visits.by_shopper.get(s))
-                   and rv in self.carts and any(self.carts[rv].holdings()[sku] > 0 for sku in skus)]
+        holders = []
+        for sid in sorted(a.scores):
+            cart = self.carts.get(self.visits.by_shopper.get(sid, ""))
+            if sid != a.shopper and cart is not None:
+                held = cart.holdings()  # (once per cart, not per product)
+                if any(held[sku] > 0 for sku in skus):
+                    holders.append(sid)
         return self._hold_also(ev, vid, holders, f"put-back not in the cart of {a.shopper} (visit {vid}) "
                                                  "but in this one's: may be theirs")
 
