@@ -400,7 +400,9 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
         bodies[info.id] = float(body)
         cams_of[info.id] = cams
         body_excess = max(0.0, body - cfg.body_free_m)
-        excl = ev.excluded(x0, x1, far, at_lanes=strict)
+        # hands demonstrably elsewhere: both located away from the lane, or the body beyond arm's reach of it
+        # all through the window (a hand the cameras did not see cannot have been in the lane either)
+        excl = 1.0 if body > cfg.reach_m else ev.excluded(x0, x1, far, at_lanes=strict)
         log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
         scores[info.id] = log_score
     if not scores:

@@ -114,7 +114,10 @@ class AssociationConfig(_Cfg):
                                                 "is judged over this long either side of it")
     candidate_radius_m: float = Field(1.8, gt=0, title="Candidate radius",
                                       description="Shoppers farther than this from the lanes are not candidates")
-    reach_m: float = Field(1.0, gt=0, title="Reach", description="Horizontal reach of a wrist from the body")
+    reach_m: float = Field(1.0, gt=0, title="Reach",
+                           description="Horizontal reach of a wrist from the body; a shopper farther than this "
+                                       "from the lanes all through an event's window counts as excluded (as "
+                                       "with both wrists located away), seen hands or not")
     wrist_sd_m: float = Field(0.10, gt=0, title="Wrist sd", description="Spread of wrist-to-lane distances")
     approach_m: float = Field(0.25, ge=0, title="Approach depth",
                               description="Space in front of (and behind) a lane that counts as the lane for "

@@ -565,6 +565,52 @@ def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it
     assert r[picker].decision == decision
 
 
+class _HandsSeenAtTheHip(ScriptedShopper):
+    """A shopper whose wrists the cameras place 0.5 m behind the body, by the hips, whatever they do (a
+    detector that finds a hand raised to a high shelf at the hip)."""
+
+    def wrists(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.at(t)
+        return np.array([x - 0.2, y - 0.5, 0.9]), np.array([x + 0.2, y - 0.5, 0.9])
+
+
+def _picker_seen_with_hands_at_the_hip() -> list:
+    """Alice stands 0.25 m from L2 and picks from it, but both of her wrists are seen 0.5 m back from the
+    lane's approach all through; Bob stands 1.3 m from the lane, his right wrist seen in every other
+    frame only."""
+    tx, _, _ = lane_target(STORE, "L2")
+    front = STORE.lanes["L2"].box.min[1]
+    alice = _HandsSeenAtTheHip("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, tx, front - 0.25),
+                                         (12.0, tx, front - 0.25), (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)])
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.3, front - 1.3),
+                                  (12.5, tx + 0.3, front - 1.3), (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)])
+    msgs = []
+    for m in tracks_messages([alice, bob], CAMS, 18.0):
+        if m.frame % 2:
+            m = m.model_copy(update={"tracks": [t.model_copy(update={"rwrist": None}) if t.id == 2 else t
+                                                for t in m.tracks]})
+        msgs.append(m)
+    return msgs + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2),
+                   shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
+
+
+@pytest.mark.parametrize("reach, picker", [(1.0, "acct-alice"), (2.0, "acct-bob")])
+def test_a_shopper_beyond_arms_reach_of_the_lane_did_not_do_it_whatever_hands_were_seen(reach, picker):
+    """Both of Alice's hands seen away from the lane all through the event count against her (the
+    exclusion); Bob's, seen only one at a time, would count against him half as much -- but he stood
+    farther from the lane than an arm reaches (``reach_m``, 1 m), so his unseen hand was not in the lane
+    either: the pick is Alice's.  With a 2 m reach, his unseen hand could have been, and the pick went to the
+    shopper 1.3 m away."""
+    cfg = FusionConfig.model_validate({"association": {"reach_m": reach}})
+    _, effects = run(_picker_seen_with_hands_at_the_hip(), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
+    assert got[picker] == [STORE.lanes["L2"].sku]
+    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    if picker == "acct-alice":
+        assert r[picker].decision == "charge"
+
+
 def _neighbour_resting_in_front_of_the_lane() -> list:
     """Alice, standing back and to the side of L2, takes an item from it; the cameras see her right hand on
     its way only while it is still 0.1 m short of the lane's approach (nearer, the shelf above hides it).
