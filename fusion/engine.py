@@ -246,7 +246,7 @@ class FusionEngine:
             self._adopt()
         for sid in left:
             out.extend(self._shopper_left(sid, ts))
-        if getattr(self, "_parties_leaving", None) and ts != self._party_checked:  # (older snapshots lack them)
+        if self._parties_leaving and ts != self._party_checked:
             self._party_checked = ts  # once per instant
             out.extend(self._lost_behind_party(ts))
         if self.stats.processed["TracksMsg"] % 200 == 0:
@@ -348,8 +348,6 @@ class FusionEngine:
             return []
         v = self.visits.visits[vid]
         out = self._maybe_close(v, ts)
-        if not hasattr(self, "_parties_leaving"):  # (older snapshots lack it)
-            self._parties_leaving, self._party_checked = set(), None
         if v.exited_at is None and len(v.shoppers) > 1:
             self._parties_leaving.add(vid)  # some of the party have left: watched for members lost behind them
         else:
