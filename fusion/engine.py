@@ -26,6 +26,7 @@ import math
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 from pydantic import BaseModel
@@ -41,6 +42,8 @@ from wire.messages import GateEntryMsg, ShelfEventMsg, StatusMsg, TracksMsg
 log = logging.getLogger(__name__)
 
 _RANK = {GateEntryMsg: 0, StatusMsg: 1, TracksMsg: 2, ShelfEventMsg: 3}
+# buffer entries are (ts, rank, source, seq, arrival, msg): an instant's frames go in this order
+_SOURCE_SEQ_ARRIVAL = itemgetter(2, 3, 4)
 
 
 # ------------------------------------------------------------------------------------------------ effects
@@ -155,9 +158,12 @@ class FusionEngine:
         of the slowest camera less than ``camera_stall_s`` behind the newest one and not reported offline."""
         if not self.camera_clock:
             return self.clock
-        newest = max(self.camera_clock.values())
-        live = [c for dev, c in self.camera_clock.items()
-                if c >= newest - self.cfg.camera_stall_s and not self._offline_now(dev)]
+        clocks = self.camera_clock
+        oldest = max(clocks.values()) - self.cfg.camera_stall_s
+        if not self.offline:  # (the usual case, and the hot path: once per message)
+            live = [c for c in clocks.values() if c >= oldest]
+        else:
+            live = [c for dev, c in clocks.items() if c >= oldest and not self._offline_now(dev)]
         return min(live) if live else self.clock
 
     def _offline_now(self, device: str) -> bool:
@@ -197,7 +203,7 @@ class FusionEngine:
                 held.append(entry)
         for entry in held:
             heapq.heappush(self._buffer, entry)
-        group.sort(key=lambda e: (e[2], e[3], e[4]))  # source, seq, arrival
+        group.sort(key=_SOURCE_SEQ_ARRIVAL)
         return group
 
     def finish(self) -> list[Effect]:
@@ -232,10 +238,11 @@ class FusionEngine:
         self.camera_seen[msg.camera] = ts
         obs = []
         for t in msg.tracks:
-            wrists = []
-            for side, kp in ((0, t.lwrist), (1, t.rwrist)):
-                if kp is not None and kp.ray is not None and kp.conf > 0.2:
-                    wrists.append((side, kp.ray.origin, kp.ray.dir, kp.conf))  # the tracker reads floats
+            wrists = []  # (side, origin, dir, conf): the tracker reads floats
+            if (kp := t.lwrist) is not None and kp.conf > 0.2 and (ray := kp.ray) is not None:
+                wrists.append((0, ray.origin, ray.dir, kp.conf))
+            if (kp := t.rwrist) is not None and kp.conf > 0.2 and (ray := kp.ray) is not None:
+                wrists.append((1, ray.origin, ray.dir, kp.conf))
             head = None
             if t.head is not None and t.head.ray is not None and t.head.conf >= self.cfg.floor.min_head_conf:
                 head = (t.head.ray.origin, t.head.ray.dir)
@@ -397,7 +404,7 @@ class FusionEngine:
     # ------------------------------------------------------------------------------------------ timers
     def _due(self, now: float) -> list[Effect]:
         out: list[Effect] = []
-        if now != float("inf") and self.visits.unfilled:
+        if now != math.inf and self.visits.unfilled:
             for v in self.visits.pending_close(now, self.visits.bind_after_s):
                 out.extend(self._maybe_close(v, now))
         if self._events and min(p.due for p in self._events) <= now:

@@ -37,6 +37,7 @@ exactly what predicting afresh gives (a shopper updated at ``ts`` predicts to ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from bisect import bisect_left
@@ -152,11 +153,30 @@ class _Gating:
 def _d2(a: np.ndarray, b: np.ndarray, c: np.ndarray, e0: np.ndarray, e1: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distances e^T S^-1 e, S = [[a, b], [b, c]] and e = (e0, e1) elementwise (the 2 x 2
     inverse in closed form)."""
-    return (c * e0 * e0 - 2 * b * e0 * e1 + a * e1 * e1) / (a * c - b * b)
+    out = c * e0  # (c e0 - 2 b e1) e0 + a e1 e1, in place: numpy's per-operation cost is most of it here
+    be1 = b * e1
+    out -= be1
+    out -= be1
+    out *= e0
+    ae1 = a * e1
+    ae1 *= e1
+    out += ae1
+    det = a * c
+    det -= b * b
+    out /= det
+    return out
 
 
 def _time_of(entry: tuple) -> float:
     return entry[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _inverse_variances(sd: tuple[float, ...]) -> np.ndarray:
+    """1 / sd^2 per channel, read-only (:meth:`FloorTracker.colour_d2`)."""
+    out = 1.0 / np.square(np.array(sd, float))
+    out.flags.writeable = False
+    return out
 
 
 def _colour(t: TrackObs) -> np.ndarray | None:
@@ -525,6 +545,7 @@ class FloorTracker:
             assigned[r] = slot
             taken.add(slot)
 
+        where: list[tuple[ShopperInfo, float, float, float, float]] = []  # (shopper, x, y, track's x, y)
         for r in sorted(assigned):
             slot = assigned[r]
             s = self.info[slot]
@@ -546,6 +567,7 @@ class FloorTracker:
             if s.origin == "unknown" and ts - s.created_t <= cfg.gate_origin_s and self.near_gate(x, y):
                 s.origin = "gate"  # placed off at first sight, at the gate the next moment: came in through it
             s.path.append((ts, x, y))
+            where.append((s, x, y, *meas[r].floor))
             s.cameras.add(camera)
             if meas[r].colour is not None:
                 self._learn_colour(s, meas[r].colour)
@@ -554,8 +576,8 @@ class FloorTracker:
                                  float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
             if self._in_exit(x, y):
                 left.append(self._retire(s, ts))
-        if len(assigned) > 1:
-            self._note_apart([(self.info[k], meas[r].floor) for r, k in assigned.items()])
+        if len(where) > 1:
+            self._note_apart(where)
         self._merge_twins(ts)
         return left
 
@@ -597,17 +619,17 @@ class FloorTracker:
         return best
 
     # ------------------------------------------------------------------------------------------- duplicates
-    def _note_apart(self, seen: list[tuple[ShopperInfo, tuple[float, float]]]) -> None:
+    def _note_apart(self, seen: list[tuple[ShopperInfo, float, float, float, float]]) -> None:
         """Shoppers one camera frame shows as different tracks close together are two people: never twins.
-        ``seen``: the shoppers matched in the frame with their track's own floor position; both the shoppers
-        and the tracks must be close (a track matched by its link to a shopper it no longer fits -- another
-        person on the same line of sight -- says nothing about who stands next to that shopper)."""
+        ``seen``: the shoppers matched in the frame, each with where they are (x, y) and their track's own floor
+        position (x, y); both the shoppers and the tracks must be close (a track matched by its link to a shopper
+        it no longer fits -- another person on the same line of sight -- says nothing about who stands next to
+        that shopper)."""
         near = 2 * self.cfg.merge_m
-        xy = [(*s.m[:2].tolist(), *f) for s, f in seen]
         for a in range(len(seen)):
-            xa, ya, fxa, fya = xy[a]
+            _, xa, ya, fxa, fya = seen[a]
             for b in range(a + 1, len(seen)):
-                xb, yb, fxb, fyb = xy[b]
+                _, xb, yb, fxb, fyb = seen[b]
                 if abs(xa - xb) < near and abs(ya - yb) < near and abs(fxa - fxb) < near and abs(fya - fyb) < near:
                     sa, sb = seen[a][0], seen[b][0]
                     if sb.id not in sa.apart:
@@ -689,7 +711,8 @@ class FloorTracker:
 
     def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""
-        return (((a - b) / np.asarray(self.cfg.colour_sd)) ** 2).sum(axis=-1)
+        d = a - b
+        return (d * d) @ _inverse_variances(self.cfg.colour_sd)
 
     def _learn_colour(self, s: ShopperInfo, c: np.ndarray) -> None:
         """Fold a measured colour into the shopper's running mean; once it counts, an odd one (beyond the cost
@@ -702,8 +725,8 @@ class FloorTracker:
         odd = ((l0 - l1) / sl) ** 2 + ((a0 - a1) / sa) ** 2 + ((b0 - b1) / sb) ** 2 > cfg.colour_cap
         if odd and s.colour_n >= cfg.colour_min_obs:
             return
-        s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
-        s.colour = s.colour + (c - s.colour) / s.colour_n
+        n = s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
+        s.colour = np.array((l1 + (l0 - l1) / n, a1 + (a0 - a1) / n, b1 + (b0 - b1) / n))  # (floats: cheaper)
         if s.entry_colour is None and s.colour_n >= cfg.colour_min_obs:
             s.entry_colour = s.colour.copy()
 

@@ -74,7 +74,8 @@ class Visits:
             del self.unfilled[vid]
 
     def has_pending(self, now: float) -> bool:
-        return any(now - v.entered_at <= self.bind_after_s and v.open_slots > 0 for v in self.unfilled.values())
+        return bool(self.unfilled) and any(now - v.entered_at <= self.bind_after_s and v.open_slots > 0
+                                           for v in self.unfilled.values())
 
     def pending(self, now: float) -> list[Visit]:
         """Visits still waiting for shoppers, oldest first."""

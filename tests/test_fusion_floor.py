@@ -63,7 +63,8 @@ def test_shoppers_are_apart_only_when_their_tracks_are_close_too(tracks_close, a
         floor.update("a", k * 0.1, [_seen("a", 1, (3.0, 3.0, 1.6)), _seen("a", 2, (3.0, 4.5, 1.6))])
     s1, s2 = floor.live()
     s2.m = s1.m + np.array([0.0, 0.3, 0.0, 0.0, 0.0])
-    floor._note_apart([(s1, (3.0, 3.0)), (s2, (3.0, 3.3) if tracks_close else (6.0, -1.0))])
+    x, y = s1.m[:2].tolist()
+    floor._note_apart([(s1, x, y, 3.0, 3.0), (s2, x, y + 0.3, *((3.0, 3.3) if tracks_close else (6.0, -1.0)))])
     assert (s2.id in s1.apart) is apart and (s1.id in s2.apart) is apart
 
 
