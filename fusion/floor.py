@@ -627,14 +627,13 @@ class FloorTracker:
         that shopper)."""
         near = 2 * self.cfg.merge_m
         for a in range(len(seen)):
-            _, xa, ya, fxa, fya = seen[a]
+            sa, xa, ya, fxa, fya = seen[a]
             for b in range(a + 1, len(seen)):
-                _, xb, yb, fxb, fyb = seen[b]
-                if abs(xa - xb) < near and abs(ya - yb) < near and abs(fxa - fxb) < near and abs(fya - fyb) < near:
-                    sa, sb = seen[a][0], seen[b][0]
-                    if sb.id not in sa.apart:
-                        sa.apart = sa.apart | {sb.id}
-                        sb.apart = sb.apart | {sa.id}
+                sb, xb, yb, fxb, fyb = seen[b]
+                close = abs(xa - xb) < near and abs(ya - yb) < near and abs(fxa - fxb) < near and abs(fya - fyb) < near
+                if close and sb.id not in sa.apart:
+                    sa.apart = sa.apart | {sb.id}
+                    sb.apart = sb.apart | {sa.id}
 
     def _merge_twins(self, ts: float) -> None:
         """A shopper who appeared away from the gate (``unknown``: nobody enters but through it) and has
