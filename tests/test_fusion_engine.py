@@ -531,6 +531,14 @@ def test_the_events_of_one_change_are_associated_together_however_late_they_arri
     assert got == {"acct-alice": [STORE.lanes["L2"].sku], "acct-bob": [STORE.lanes["L3"].sku]}
 
 
+def _only_l2_pick_went_to(effects, account: str) -> dict:
+    """The receipts, after checking that the scene's one line (a pick from L2) is on ``account``'s and no other."""
+    r = receipts(effects)
+    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    assert [ln["sku"] for ln in r[account].lines] == [STORE.lanes["L2"].sku]
+    return r
+
+
 def _picker_with_mislocated_hand() -> list:
     """Alice stands 0.55 m from L2 and picks from it, but the wrists the cameras locate stay 0.25-0.35 m short
     of the lane's approach zone (a ceiling camera's view of a hand in a shelf: the detector places the hidden
@@ -558,10 +566,7 @@ def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it
     pick went to Bob, whose hands no camera saw (held for review: no hand of his was seen at the lane)."""
     cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far}})
     _, effects = run(_picker_with_mislocated_hand(), FusionEngine(STORE, cfg))
-    r = receipts(effects)
-    got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
-    assert got[picker] == [STORE.lanes["L2"].sku]
-    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    r = _only_l2_pick_went_to(effects, picker)
     assert r[picker].decision == decision
 
 
@@ -603,10 +608,7 @@ def test_a_shopper_beyond_arms_reach_of_the_lane_did_not_do_it_whatever_hands_we
     shopper 1.3 m away."""
     cfg = FusionConfig.model_validate({"association": {"reach_m": reach}})
     _, effects = run(_picker_seen_with_hands_at_the_hip(), FusionEngine(STORE, cfg))
-    r = receipts(effects)
-    got = {acct: [ln["sku"] for ln in r[acct].lines] for acct in ("acct-alice", "acct-bob")}
-    assert got[picker] == [STORE.lanes["L2"].sku]
-    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
+    r = _only_l2_pick_went_to(effects, picker)
     if picker == "acct-alice":
         assert r[picker].decision == "charge"
 
@@ -646,9 +648,7 @@ def test_a_hand_resting_in_front_of_a_low_lane_is_not_in_it(rest_far, rest_heigh
     cfg = FusionConfig.model_validate({"association": {"exclusion_rest_far_m": rest_far,
                                                        "rest_height_m": rest_height}})
     _, effects = run(_neighbour_resting_in_front_of_the_lane(), FusionEngine(STORE, cfg))
-    r = receipts(effects)
-    assert [ln["sku"] for rr in r.values() for ln in rr.lines] == [STORE.lanes["L2"].sku]
-    assert [ln["sku"] for ln in r[picker].lines] == [STORE.lanes["L2"].sku]
+    r = _only_l2_pick_went_to(effects, picker)
     assert r[picker].decision == "charge", r[picker].reasons
 
 
