@@ -6,7 +6,7 @@ file given to ``walkout fusion --config``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 
 class _Cfg(BaseModel):
@@ -81,6 +81,15 @@ class FloorConfig(_Cfg):
     colour_cap: float = Field(9.0, ge=0, title="Colour cost limit",
                               description="Most a colour mismatch adds to a track's cost (squared sd; 0: colour "
                                           "not used); the cap keeps an odd measurement from outweighing position")
+    colour_camera_sd: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        (4.0, 2.0, 2.7), title="Colour spread in one camera",
+        description="Spread of one shopper's colour (L*, a*, b*) as one camera sees it: a shopper whose colour "
+                    "this camera has seen colour_min_obs times is matched on that colour at this spread (each "
+                    "camera's view and exposure shift colours, so its own view is tighter; null: the colour "
+                    "over all cameras only)")
+    colour_track_frames: int = Field(5, ge=1, title="Track colour frames",
+                                     description="A track's colour in matching is the median of its last this "
+                                                 "many colours in its camera (1: the frame's own)")
     colour_min_obs: int = Field(5, ge=1, title="Colour observations",
                                 description="Colours seen before a shopper's colour counts in matching")
     adopt_colour_d2: float = Field(6.0, ge=0, title="Adoption colour limit",

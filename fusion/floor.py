@@ -20,7 +20,10 @@ through it too).  A shopper whose position enters an exit, or who is lost next t
 
 Where tracks carry the chest colour (``edge/appearance.py``), each shopper keeps a running colour and every
 matching cost gets the capped colour distance added: it keeps two shoppers apart through a close pass or a
-camera's id switch where position alone cannot.  An ``unknown`` shopper who stays on top of an older one (a
+camera's id switch where position alone cannot.  A track's colour there is the median of its last few frames
+(one odd patch -- another shirt in view -- does not outweigh its link), judged against the shopper's colour as
+that camera has seen it, once it has (``colour_camera_sd``: each camera's view and exposure shift colours, so
+a camera's own view tells two similar shirts apart where the mean over cameras does not).  An ``unknown`` shopper who stays on top of an older one (a
 track the matching could not place, on someone crouching) is folded into them (:meth:`_merge_twins`).
 
 Crouching: a shopper crouching to a low shelf lowers the head faster than the filter's head height follows,
@@ -92,6 +95,7 @@ class ShopperInfo:
     P: np.ndarray = field(default_factory=lambda: np.eye(5))
     colour: np.ndarray | None = None  # running mean of the upper-body colours measured (L*a*b*)
     colour_n: int = 0  # how many went into it
+    cam_colours: dict[str, list[float]] = field(default_factory=dict)  # camera -> [L*, a*, b*, n]: as it sees them
     twin: str | None = None  # an older shopper this one has stayed on top of since twin_since (a duplicate?)
     twin_since: float = 0.0
     apart: frozenset[str] = frozenset()  # shoppers seen as another track in the same camera frame, nearby
@@ -124,6 +128,7 @@ class _Meas:
     colour: np.ndarray | None = None  # (3,) upper-body colour, if measured
     ray: tuple[float, float, float] | None = None  # unit direction of the head ray it comes from, if any
     sd: float = 0.0  # the head ray's spread across it (m), with ``ray``
+    match_colour: np.ndarray | None = None  # the colour matching reads: the track's recent median (or colour)
 
     @property
     def H(self) -> np.ndarray:
@@ -225,6 +230,7 @@ class FloorTracker:
         self._by_id: dict[str, int] = {}
         self._live: list[int] = []  # slots of shoppers not LEFT, in creation order
         self.links: dict[str, dict[int, int]] = {}  # camera -> {track id: shopper slot}
+        self.track_colours: dict[str, dict[int, list]] = {}  # camera -> {track id: its recent colours}
         self._next = 1
         self.now = 0.0
         # the latest frame's prediction (ts, slots, means, covariances), kept up to date by the corrections:
@@ -493,6 +499,7 @@ class FloorTracker:
             return left
 
         meas = [self._measure(t) for t in tracks]
+        self._track_colours(camera, ts, tracks, meas)
         live = list(self._live)
         assigned: dict[int, int] = {}
         d2 = None
@@ -512,7 +519,7 @@ class FloorTracker:
                 j = col.get(links.get(t.track_id, -1))
                 if j is not None and d2[r, j] < cfg.link_gate_chi2:
                     cost[r, j] = d2[r, j] * cfg.link_bonus
-            colour = self._colour_cost(meas, live)
+            colour = self._colour_cost(meas, live, camera)
             if colour is not None:
                 cost = np.where(cost < _BIG, cost + colour, _BIG)
             if len(tracks) == 1:  # (the assignment of one row is its cheapest column)
@@ -570,7 +577,7 @@ class FloorTracker:
             where.append((s, x, y, *meas[r].floor))
             s.cameras.add(camera)
             if meas[r].colour is not None:
-                self._learn_colour(s, meas[r].colour)
+                self._learn_colour(s, meas[r].colour, camera)
             for side, o, dvec, conf in t.wrists:
                 s.wrists.append((ts, camera, side, float(o[0]), float(o[1]), float(o[2]),
                                  float(dvec[0]), float(dvec[1]), float(dvec[2]), float(conf)))
@@ -685,22 +692,32 @@ class FloorTracker:
         self._prior = None
 
     # ------------------------------------------------------------------------------------------- colour
-    def _colour_cost(self, meas: list[_Meas], slots: list[int]) -> np.ndarray | None:
+    def _colour_cost(self, meas: list[_Meas], slots: list[int], camera: str = "") -> np.ndarray | None:
         """What colour adds to each (track, shopper) cost, (m, n): the squared distance in spreads, at most
         ``colour_cap``; a shopper whose colour is not known yet costs its expected value (3, the degrees of
         freedom), a track without a colour nothing.  None when no pair has both."""
         cfg = self.cfg
         if cfg.colour_cap <= 0:
             return None
-        rows = [r for r, mm in enumerate(meas) if mm.colour is not None]
+        rows = [r for r, mm in enumerate(meas) if mm.match_colour is not None]
         if not rows:
             return None
         known = [j for j, k in enumerate(slots) if self.info[k].colour_n >= cfg.colour_min_obs]
         if not known:
             return None
-        c = np.array([meas[r].colour for r in rows])
+        c = np.array([meas[r].match_colour for r in rows])
         m = np.array([self.info[slots[j]].colour for j in known])
         d2 = np.minimum(self.colour_d2(c[:, None, :], m[None, :, :]), cfg.colour_cap)
+        csd = cfg.colour_camera_sd
+        if csd is not None and camera:
+            here = [(i, cc) for i, j in enumerate(known)
+                    if (cc := getattr(self.info[slots[j]], "cam_colours", {}).get(camera)) is not None
+                    and cc[3] >= cfg.colour_min_obs]
+            if here:
+                cols = [i for i, _ in here]
+                mc = np.array([cc[:3] for _, cc in here])
+                dd = c[:, None, :] - mc[None, :, :]
+                d2[:, cols] = np.minimum((dd * dd) @ _inverse_variances(csd), cfg.colour_cap)
         if len(rows) == len(meas) and len(known) == len(slots):
             return d2  # (every track has a colour and every shopper's is known: the usual case)
         out = np.zeros((len(meas), len(slots)))
@@ -708,26 +725,67 @@ class FloorTracker:
         out[np.ix_(rows, known)] = d2
         return out
 
+    def _track_colours(self, camera: str, ts: float, tracks: list[TrackObs], meas: list[_Meas]) -> None:
+        """Each track's colour for matching: the per-channel median of its last ``colour_track_frames``
+        colours in this camera (one odd patch -- an outlier, another shirt in view -- does not move it)."""
+        k = self.cfg.colour_track_frames
+        if k <= 1:
+            for mm in meas:
+                mm.match_colour = mm.colour
+            return
+        seen = getattr(self, "track_colours", None)
+        if seen is None:
+            seen = self.track_colours = {}
+        mine = seen.setdefault(camera, {})
+        for tid in [tid for tid, h in mine.items() if h[-1][3] < ts - 1.0]:
+            del mine[tid]
+        for t, mm in zip(tracks, meas, strict=True):
+            if mm.colour is None:
+                continue
+            hist = mine.setdefault(t.track_id, [])
+            hist.append((*mm.colour.tolist(), ts))
+            if len(hist) > k:
+                del hist[0]
+            n = len(hist)
+            if n < 3:
+                mm.match_colour = mm.colour
+            else:
+                mm.match_colour = np.array([sorted(h[c] for h in hist)[n // 2] if n % 2 else
+                                            sum(sorted(h[c] for h in hist)[n // 2 - 1:n // 2 + 1]) / 2
+                                            for c in range(3)])
+
     def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""
         d = a - b
         return (d * d) @ _inverse_variances(self.cfg.colour_sd)
 
-    def _learn_colour(self, s: ShopperInfo, c: np.ndarray) -> None:
-        """Fold a measured colour into the shopper's running mean; once it counts, an odd one (beyond the cost
-        limit: another person's shirt in the patch, a flash) is left out."""
+    def _learn_colour(self, s: ShopperInfo, c: np.ndarray, camera: str = "") -> None:
+        """Fold a measured colour into the shopper's running mean (and, with ``colour_camera_sd``, into the mean
+        of ``camera``'s view); once it counts, an odd one (beyond the cost limit: another person's shirt in the
+        patch, a flash) is left out."""
         cfg = self.cfg
+        l0, a0, b0 = c.tolist()
         if s.colour is None or s.colour_n == 0:
             s.colour, s.colour_n = c.copy(), 1
-            return
-        (l0, a0, b0), (l1, a1, b1), (sl, sa, sb) = c.tolist(), s.colour.tolist(), cfg.colour_sd
-        odd = ((l0 - l1) / sl) ** 2 + ((a0 - a1) / sa) ** 2 + ((b0 - b1) / sb) ** 2 > cfg.colour_cap
-        if odd and s.colour_n >= cfg.colour_min_obs:
-            return
-        n = s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
-        s.colour = np.array((l1 + (l0 - l1) / n, a1 + (a0 - a1) / n, b1 + (b0 - b1) / n))  # (floats: cheaper)
-        if s.entry_colour is None and s.colour_n >= cfg.colour_min_obs:
-            s.entry_colour = s.colour.copy()
+        else:
+            (l1, a1, b1), (sl, sa, sb) = s.colour.tolist(), cfg.colour_sd
+            odd = ((l0 - l1) / sl) ** 2 + ((a0 - a1) / sa) ** 2 + ((b0 - b1) / sb) ** 2 > cfg.colour_cap
+            if odd and s.colour_n >= cfg.colour_min_obs:
+                return
+            n = s.colour_n = min(s.colour_n + 1, cfg.colour_memory)
+            s.colour = np.array((l1 + (l0 - l1) / n, a1 + (a0 - a1) / n, b1 + (b0 - b1) / n))  # (floats: cheaper)
+            if s.entry_colour is None and s.colour_n >= cfg.colour_min_obs:
+                s.entry_colour = s.colour.copy()
+        if camera and cfg.colour_camera_sd is not None:
+            cams = s.__dict__.setdefault("cam_colours", {})  # (a shopper from an older snapshot has none yet)
+            cc = cams.get(camera)
+            if cc is None:
+                cams[camera] = [l0, a0, b0, 1]
+            else:
+                k = cc[3] = min(cc[3] + 1, cfg.colour_memory)
+                cc[0] += (l0 - cc[0]) / k
+                cc[1] += (a0 - cc[1]) / k
+                cc[2] += (b0 - cc[2]) / k
 
     def _spawn(self, ts: float, mm: _Meas, origin: str) -> int:
         slot = len(self.info)

@@ -128,6 +128,43 @@ def test_an_odd_colour_does_not_change_what_a_shopper_looks_like():
     assert np.allclose(s.colour, red) and s.colour_n == 20
 
 
+@pytest.mark.parametrize(("track_frames", "swapped"), [(1, True), (5, False)])
+def test_one_odd_colour_frame_does_not_swap_two_shoppers_standing_close(track_frames, swapped):
+    """Two shoppers stand 0.6 m apart, red and blue, seen by one camera whose floor positions are loose (sd
+    0.3 m: a far camera); for one frame both colour patches are odd (each looks like the other's shirt, as when
+    two people overlap in view).  Matched by that frame's colours, the tracks swap shoppers; by the median of
+    each track's last five colours, they stay."""
+    floor = FloorTracker(scene_store(), FloorConfig(colour_track_frames=track_frames))
+    red, blue = bgr_to_lab(np.array([RED, BLUE], float))
+    cov = (0.09, 0.0, 0.09)
+    for k in range(30):
+        odd = k == 25
+        floor.update("cam", k * 0.1, [TrackObs(1, (2.7, 2.5), cov, colour=tuple(blue if odd else red)),
+                                      TrackObs(2, (3.3, 2.5), cov, colour=tuple(red if odd else blue))])
+        if k == 25:
+            at_odd = {tid: floor.info[slot].id for tid, slot in floor.links["cam"].items()}
+    assert at_odd == ({1: "s2", 2: "s1"} if swapped else {1: "s1", 2: "s2"})
+
+
+@pytest.mark.parametrize(("camera_sd", "b_looks_like"), [((4.0, 2.0, 2.7), "b"), (None, "a")])
+def test_a_track_is_judged_by_the_colour_its_own_camera_has_seen(camera_sd, b_looks_like):
+    """Cameras 1 and 2 see shoppers a and b with opposite shifts of a* (their own view and exposure): camera 1
+    sees a at a* 10 and b at 14, camera 2 sees them at 18 and 22, so over both cameras a's colour is 14 --
+    b's as camera 1 sees it.  Matched against what camera 1 itself has seen, b's track there is b; against
+    the colour over all cameras, it looks like a."""
+    floor = FloorTracker(scene_store(), FloorConfig(colour_camera_sd=camera_sd))
+    views = {"c1": {"a": 10.0, "b": 14.0}, "c2": {"a": 18.0, "b": 22.0}}
+    for k in range(20):
+        for cam, seen in views.items():
+            floor.update(cam, k * 0.1, [TrackObs(1, (2.0, 2.5), (0.01, 0.0, 0.01), colour=(50.0, seen["a"], 10.0)),
+                                        TrackObs(2, (4.0, 2.5), (0.01, 0.0, 0.01), colour=(50.0, seen["b"], 10.0))])
+    slots = [floor.links["c1"][1], floor.links["c1"][2]]  # a's and b's
+    track = floor._measure(TrackObs(9, (3.0, 2.5), (0.01, 0.0, 0.01), colour=(50.0, 14.0, 10.0)))
+    track.match_colour = track.colour  # (b's colour in camera 1)
+    cost = floor._colour_cost([track], slots, "c1")[0]
+    assert "ab"[int(cost.argmin())] == b_looks_like
+
+
 # ------------------------------------------------------------------------------------------------ truth perception
 def test_truth_perception_colours_follow_the_shirts():
     from sim.session import Session
