@@ -23,8 +23,9 @@ matching cost gets the capped colour distance added: it keeps two shoppers apart
 camera's id switch where position alone cannot.  A track's colour there is the median of its last few frames
 (one odd patch -- another shirt in view -- does not outweigh its link), judged against the shopper's colour as
 that camera has seen it, once it has (``colour_camera_sd``: each camera's view and exposure shift colours, so
-a camera's own view tells two similar shirts apart where the mean over cameras does not).  An ``unknown`` shopper who stays on top of an older one (a
-track the matching could not place, on someone crouching) is folded into them (:meth:`_merge_twins`).
+a camera's own view tells two similar shirts apart where the mean over cameras does not).  An ``unknown``
+shopper who stays on top of an older one (a track the matching could not place, on someone crouching) is
+folded into them (:meth:`_merge_twins`).
 
 Crouching: a shopper crouching to a low shelf lowers the head faster than the filter's head height follows,
 and a ray through the lowered head, read at the standing height, points metres off.  A matched head ray that a
@@ -43,6 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import statistics
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -711,7 +713,7 @@ class FloorTracker:
         csd = cfg.colour_camera_sd
         if csd is not None and camera:
             here = [(i, cc) for i, j in enumerate(known)
-                    if (cc := getattr(self.info[slots[j]], "cam_colours", {}).get(camera)) is not None
+                    if (cc := getattr(self.info[slots[j]], "cam_colours", {}).get(camera)) is not None  # (snapshots)
                     and cc[3] >= cfg.colour_min_obs]
             if here:
                 cols = [i for i, _ in here]
@@ -733,26 +735,20 @@ class FloorTracker:
             for mm in meas:
                 mm.match_colour = mm.colour
             return
-        seen = getattr(self, "track_colours", None)
-        if seen is None:
-            seen = self.track_colours = {}
-        mine = seen.setdefault(camera, {})
-        for tid in [tid for tid, h in mine.items() if h[-1][3] < ts - 1.0]:
+        mine = self.__dict__.setdefault("track_colours", {}).setdefault(camera, {})  # (older snapshots: none)
+        for tid in [tid for tid, h in mine.items() if h[-1][3] < ts - 1.0]:  # tracks gone for a second
             del mine[tid]
         for t, mm in zip(tracks, meas, strict=True):
             if mm.colour is None:
                 continue
             hist = mine.setdefault(t.track_id, [])
-            hist.append((*mm.colour.tolist(), ts))
+            hist.append((*mm.colour.tolist(), ts))  # (L*, a*, b*, ts)
             if len(hist) > k:
                 del hist[0]
-            n = len(hist)
-            if n < 3:
+            if len(hist) < 3:  # (a median of two is their mean: no help against an odd one)
                 mm.match_colour = mm.colour
             else:
-                mm.match_colour = np.array([sorted(h[c] for h in hist)[n // 2] if n % 2 else
-                                            sum(sorted(h[c] for h in hist)[n // 2 - 1:n // 2 + 1]) / 2
-                                            for c in range(3)])
+                mm.match_colour = np.array([statistics.median(h[c] for h in hist) for c in range(3)])
 
     def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""
