@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	scripts/services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
 
 # The fault suite (chaos/): faults, fuzz and ACL on a simulator session through test-owned brokers; prints
 # the table.  About half an hour on two cores.

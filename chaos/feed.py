@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,7 @@ def load_feed(session: str | Path = "hard-100s", seed: int = 0, cache: bool = Tr
     feed = SessionFeed(mcap.parent.name, s.store.model_dump(mode="json"), _items_of(s, seed), files, truth)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel test workers may build the same feed
         with tmp.open("wb") as f:
             pickle.dump(feed, f)
         tmp.replace(path)
