@@ -35,7 +35,6 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 PAD_VALUE = 114
-MAX_WH = 7680.0  # class offset for class-aware NMS in one pass (ultralytics' value)
 STRIDES = (8, 16, 32)
 
 # Keypoints of the walkout pose model (models/person_pose.onnx), in the model's order.
@@ -205,11 +204,17 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
 
 def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
                       max_det: int = 300, agnostic: bool = False) -> np.ndarray:
-    """:func:`batched_nms` in numpy (the reference): classes shifted apart, then :func:`nms`."""
+    """:func:`batched_nms` in numpy (the reference): :func:`nms` of each class, merged by score.  (Shifting
+    the classes apart by a large offset and running one :func:`nms`, ultralytics' way, costs float32 boxes
+    their last bits: an IoU at the threshold can flip.)"""
     if agnostic or boxes.shape[0] == 0:
         return nms(boxes, scores, iou_threshold, max_det)
-    offset = classes.astype(np.float32)[:, None] * MAX_WH
-    return nms(boxes + offset, scores, iou_threshold, max_det)
+    kept = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        kept.append(idx[nms(boxes[idx], scores[idx], iou_threshold, max_det)])
+    keep = np.concatenate(kept)
+    return keep[np.argsort(-scores[keep], kind="stable")][:max_det]
 
 
 # ---------------------------------------------------------------------------------------------- metadata

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge.detector import (
@@ -99,6 +99,7 @@ def test_nms_matches_opencv(seed, n, thr):
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 200), st.integers(1, 4), st.booleans())
+@example(seed=2, n=79, n_classes=2, agnostic=False)  # an IoU at the threshold: class offsets in float32 flipped it
 def test_batched_nms_opencv_equals_numpy_reference(seed, n, n_classes, agnostic):
     """Clustered candidates as a detector emits them (several anchors per object), several classes."""
     rng = np.random.default_rng(seed)
