@@ -251,12 +251,13 @@ class WristEvidence:
         out = (self.located[sel] >= 2) & (dist[sel] > far)
         return float(out.mean())
 
-    def distance(self, k: int) -> float | None:
-        """The k-th smallest distance over the instants: from triangulated wrists when there are k of them
-        (one-camera bounds are weak near stacked shelves), else from everything."""
+    def distance(self, k: int, mean: bool = False) -> float | None:
+        """The k-th smallest distance over the instants (``mean``: the mean of the k smallest): from
+        triangulated wrists when there are k of them (one-camera bounds are weak near stacked shelves), else
+        from everything."""
         tri = np.sort(self.triangulated[np.isfinite(self.triangulated)])
         if tri.size >= k:
-            return float(tri[k - 1])
+            return float(tri[:k].mean() if mean else tri[k - 1])
         both = np.sort(np.minimum(self.triangulated, self.single))
         both = both[np.isfinite(both)]
         return float(both[min(k, both.size) - 1]) if both.size else None
@@ -393,8 +394,8 @@ def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: floa
             continue
         ev = wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach, boxes)
         cams = ev.cameras
-        # the hand stays at the lane for a while during a pick: the k-th closest instant, not one outlier
-        d_k = ev.distance(cfg.persist_instants)
+        # the hand stays at the lane for a while during a pick: the k closest instants, not one outlier
+        d_k = ev.distance(cfg.sibling_persist_instants if rivals else cfg.persist_instants, cfg.persist_mean)
         dw = cfg.no_wrist_distance_m if d_k is None else d_k
         wdist[info.id] = dw
         bodies[info.id] = float(body)

@@ -155,6 +155,13 @@ class AssociationConfig(_Cfg):
                                                     "hand resting in front of it was not")
     persist_instants: int = Field(1, ge=1, title="Persistence",
                                   description="The wrist distance is the k-th smallest over the window's instants")
+    persist_mean: bool = Field(True, title="Persistence by the mean",
+                               description="The wrist distance is the mean of the k smallest instead of the k-th")
+    sibling_persist_instants: int = Field(2, ge=1, title="Persistence beside a sibling",
+                                          description="k for an event with siblings (another product's lanes "
+                                                      "changed at once: two neighbours' hands at two lanes side "
+                                                      "by side), where one instant of one hand triangulated "
+                                                      "across the lane border must not decide")
     body_free_m: float = Field(0.4, ge=0, title="Body free distance",
                                description="Body-to-lane distance that costs nothing (where no hand is seen at "
                                            "the lane, who stood nearer is what is left to go by: two shoppers "
