@@ -143,10 +143,11 @@ class AssociationConfig(_Cfg):
     exclusion_far_m: float = Field(0.45, gt=0, title="Exclusion distance",
                                    description="Both wrists located farther than this from the lanes count as "
                                                "'away' for the exclusion")
-    rest_height_m: float = Field(1.0, ge=0, title="Resting hand height",
-                                 description="Hands hanging by the hip are at most this high: for lanes whose "
-                                             "bottom is at or below it, a bystander's resting hand can lie in "
-                                             "a lane's approach")
+    rest_height_m: float = Field(1.1, ge=0, title="Resting hand height",
+                                 description="Hands hanging by the hip are at most this high (with the "
+                                             "keypoints' spread): for lanes whose bottom is at or below it, a "
+                                             "bystander's resting hand can lie in a lane's approach -- a hand "
+                                             "at 0.94 m lies 0.16 m from a lane starting at 1.07 m")
     exclusion_rest_far_m: float = Field(0.2, gt=0, title="Exclusion distance at hip height",
                                         description="With a step time, for lanes down to rest_height_m: both "
                                                     "wrists located farther than this from the lanes "

@@ -637,7 +637,8 @@ def _neighbour_resting_in_front_of_the_lane() -> list:
 
 
 @pytest.mark.parametrize("rest_far, rest_height, picker", [
-    (0.2, 1.0, "acct-alice"),  # the defaults: Bob's hands were both 0.2 m+ from the lane when it stepped
+    (0.2, None, "acct-alice"),  # the defaults: Bob's hands were both 0.2 m+ from the lane when it stepped
+    (0.2, 1.0, "acct-alice"),
     (0.7, 1.0, "acct-bob"),  # counting from 0.7 m his resting hand is not away, and it lies in the approach
     (0.2, 0.8, "acct-bob"),  # a lane above the resting height: the approach rule (exclusion_far_m) applies
 ])
@@ -645,8 +646,8 @@ def test_a_hand_resting_in_front_of_a_low_lane_is_not_in_it(rest_far, rest_heigh
     """For lanes that reach down to hip height (``rest_height_m``), a hand resting by the hip can lie in the
     lane's approach; around the step time the picker's hand was in the lane, so a shopper whose located
     hands were both farther than ``exclusion_rest_far_m`` from the lane itself is ruled out."""
-    cfg = FusionConfig.model_validate({"association": {"exclusion_rest_far_m": rest_far,
-                                                       "rest_height_m": rest_height}})
+    rest = {} if rest_height is None else {"rest_height_m": rest_height}
+    cfg = FusionConfig.model_validate({"association": {"exclusion_rest_far_m": rest_far, **rest}})
     _, effects = run(_neighbour_resting_in_front_of_the_lane(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)
     assert r[picker].decision == "charge", r[picker].reasons
