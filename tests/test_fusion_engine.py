@@ -868,12 +868,15 @@ def test_with_no_hand_seen_at_the_lane_the_shopper_standing_nearer_did_it(body_f
     assert [acct for acct, rec in sorted(r.items()) if rec.lines] == [picker]
 
 
-@pytest.mark.parametrize("off_g, max_z, decision, left", [
-    (1.0, 4.0, "no_charge", 0),  # the shelf read a P3, but what carol holds weighs that: her P2 came back
-    (6.0, 4.0, "hold", 0),  # 2.4 spreads off: taken back, but a person should look
-    (1.0, 0.0, "hold", 1),  # without weighing against the cart: a put-back of something she does not hold
+@pytest.mark.parametrize("off_g, max_z, sure_z, decision, left", [
+    (1.0, 4.0, 4.0, "no_charge", 0),  # the shelf read a P3, but what carol holds weighs that: her P2 came back
+    (6.0, 4.0, 4.0, "no_charge", 0),  # 2.4 spreads off, and nothing else she holds is as near: still hers
+    (6.0, 4.0, 2.0, "hold", 0),  # a store that wants matches within 2 spreads: taken back, but a person looks
+    (11.0, 4.0, 4.0, "hold", 1),  # 4.4 spreads off: no match -- a put-back of something she does not hold
+    (1.0, 0.0, 4.0, "hold", 1),  # without weighing against the cart: a put-back of something she does not hold
 ])
-def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_weight(off_g, max_z, decision, left):
+def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_weight(off_g, max_z, sure_z, decision,
+                                                                                     left):
     """Carol picks a P2 (237 g) from L2 and puts it back on L3, P3's lane: the shelf reads the +237 g there as
     a P3, which carol does not hold; the weight matches her P2."""
     l2, l3 = lane_target(STORE, "L2"), lane_target(STORE, "L3")
@@ -885,7 +888,8 @@ def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_wei
     msgs = tracks_messages([s], CAMS, 18.0) + [entry("acct-carol", 1.1, 1),
                                                shelf_event(STORE, "e1", "L2", 6.0, 7.0, 1), put]
     base = FusionConfig()
-    cfg = base.model_copy(update={"association": base.association.model_copy(update={"put_back_weight_max_z": max_z})})
+    cfg = base.model_copy(update={"association": base.association.model_copy(
+        update={"put_back_weight_max_z": max_z, "put_back_weight_sure_z": sure_z})})
     _, effects = run(msgs, FusionEngine(STORE, cfg))
     r = receipts(effects)["acct-carol"]
     assert r.decision == decision
