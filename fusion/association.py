@@ -13,6 +13,9 @@ A shelf change on several products' lanes at once comes as sibling events (one `
 wrist nearer to a sibling's lanes is that sibling's hand and does not count here (``rivals``), and the
 siblings are weighed together: one shopper doing two of them is taken as less likely than two shoppers doing
 one each (:func:`sibling_factors`) -- two neighbours reaching into adjacent lanes at the same moment.
+
+The evidence is gathered once per event (:func:`gather`) and weighed apart from the floor (:func:`weigh`), so
+that kept evidence can be weighed again under other settings (``walkout.association_study``).
 """
 
 from __future__ import annotations
@@ -366,52 +369,102 @@ def evidence_window(t_start: float, t_end: float, t_step: float | None, cfg: Ass
             t_step - cfg.step_exclusion_s, t_step + cfg.step_exclusion_s)
 
 
-def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
-              cfg: AssociationConfig, eligible: set[str] | None = None, rivals: list[Box] | None = None,
-              t_step: float | None = None) -> Association:
-    """Score every shopper present around the event and pick the most likely one (``rivals``: the lanes of
-    the other events of the same shelf change, see :func:`wrist_distances`; ``t_step``: when the weight
-    stepped, see :func:`evidence_window`)."""
-    t0, t1, x0, x1 = evidence_window(t_start, t_end, t_step, cfg)
-    # a hand resting by the hip lies in the approach of a lane that reaches down to it: when the weight
-    # stepped, the picker's hand was in the lane, so for such lanes both hands must be near the lane itself
-    strict = t_step is not None and min(b.min[2] for b in boxes) <= cfg.rest_height_m
-    far = cfg.exclusion_rest_far_m if strict else cfg.exclusion_far_m
+@dataclass
+class Candidate:
+    """One shopper present around an event, before any weighing: the body's nearest horizontal distance to the
+    lanes over the window, and the wrists' evidence (:func:`wrist_distances`)."""
+
+    shopper: str
+    body: float
+    wrists: WristEvidence
+
+
+@dataclass
+class EventEvidence:
+    """Everything :func:`weigh` needs to decide an event, gathered once (:func:`gather`): the event's times,
+    how low its lanes reach (for the hip-height rule), whether it has siblings, and its candidates.  Kept, it
+    lets the decision be re-made under other settings without the floor (``walkout.association_study``)."""
+
+    t_start: float
+    t_end: float
+    t_step: float | None
+    lanes_low_m: float
+    siblings: bool
+    candidates: list[Candidate]
+
+
+def gather(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float, cfg: AssociationConfig,
+           rivals: list[Box] | None = None, t_step: float | None = None) -> EventEvidence:
+    """The evidence of every shopper present around the event (within ``candidate_radius_m`` of its lanes;
+    ``rivals``: the lanes of the other events of the same shelf change, see :func:`wrist_distances`;
+    ``t_step``: when the weight stepped, see :func:`evidence_window`)."""
+    t0, t1, _, _ = evidence_window(t_start, t_end, t_step, cfg)
     approach = approach_boxes(boxes, cfg.approach_m)
     rival_approach = approach_boxes(rivals, cfg.approach_m) if rivals else None
-    scores: dict[str, float] = {}
-    wdist: dict[str, float] = {}
-    bodies: dict[str, float] = {}
-    cams_of: dict[str, list[str]] = {}
+    out = []
     for slot, info in enumerate(floor.info):
-        if eligible is not None and info.id not in eligible:
-            continue
         pts = [p for p in info.path if t0 <= p[0] <= t1]
         if not pts:
             continue
-        body = floor_box_distance(np.asarray(pts)[:, 1:], boxes).min()
+        body = float(floor_box_distance(np.asarray(pts)[:, 1:], boxes).min())
         if body > cfg.candidate_radius_m:
             continue
-        ev = wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach, boxes)
-        cams = ev.cameras
+        out.append(Candidate(info.id, body, wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach,
+                                                            boxes)))
+    return EventEvidence(t_start, t_end, t_step, min(b.min[2] for b in boxes), bool(rivals), out)
+
+
+def weigh(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
+    """Score every candidate (of ``eligible`` only, when given) and pick the most likely one."""
+    _, _, x0, x1 = evidence_window(ev.t_start, ev.t_end, ev.t_step, cfg)
+    # a hand resting by the hip lies in the approach of a lane that reaches down to it: when the weight
+    # stepped, the picker's hand was in the lane, so for such lanes both hands must be near the lane itself
+    strict = ev.t_step is not None and ev.lanes_low_m <= cfg.rest_height_m
+    far = cfg.exclusion_rest_far_m if strict else cfg.exclusion_far_m
+    scores: dict[str, float] = {}
+    evidence: dict[str, tuple[float, float, list[str]]] = {}
+    for c in ev.candidates:
+        if eligible is not None and c.shopper not in eligible:
+            continue
         # the hand stays at the lane for a while during a pick: the k closest instants, not one outlier
-        d_k = ev.distance(cfg.sibling_persist_instants if rivals else cfg.persist_instants, cfg.persist_mean)
+        d_k = c.wrists.distance(cfg.sibling_persist_instants if ev.siblings else cfg.persist_instants,
+                                cfg.persist_mean)
         dw = cfg.no_wrist_distance_m if d_k is None else d_k
-        wdist[info.id] = dw
-        bodies[info.id] = float(body)
-        cams_of[info.id] = cams
-        body_excess = max(0.0, body - cfg.body_free_m)
+        evidence[c.shopper] = (dw, c.body, c.wrists.cameras)
+        body_excess = max(0.0, c.body - cfg.body_free_m)
         # hands demonstrably elsewhere: both located away from the lane, or the body beyond arm's reach of it
         # all through the window (a hand the cameras did not see cannot have been in the lane either)
-        excl = 1.0 if body > cfg.reach_m else ev.excluded(x0, x1, far, at_lanes=strict)
-        log_score = wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2 - cfg.exclusion_weight * excl
-        scores[info.id] = log_score
+        excl = 1.0 if c.body > cfg.reach_m else c.wrists.excluded(x0, x1, far, at_lanes=strict)
+        scores[c.shopper] = (wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2
+                             - cfg.exclusion_weight * excl)
     if not scores:
         return Association(None, 0.0, 0.0, None, None, {}, [], True, "no shopper near the lanes")
     top = max(scores.values())
-    weights = {s: math.exp(v - top) for s, v in scores.items()}
-    evidence = {s: (wdist[s], bodies[s], cams_of[s]) for s in scores}
-    return _decide(weights, evidence, cfg)
+    return _decide({s: math.exp(v - top) for s, v in scores.items()}, evidence, cfg)
+
+
+def associate(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float,
+              cfg: AssociationConfig, eligible: set[str] | None = None, rivals: list[Box] | None = None,
+              t_step: float | None = None) -> Association:
+    """Score every shopper present around the event and pick the most likely one (:func:`gather`, then
+    :func:`weigh`)."""
+    return weigh(gather(floor, boxes, t_start, t_end, cfg, rivals, t_step), cfg, eligible)
+
+
+def no_hand_at_lane(a: Association, cfg: AssociationConfig) -> bool:
+    """Whether the association's shopper showed no hand within ``max_wrist_distance_m`` of the lane."""
+    return a.wrist_distance is None or a.wrist_distance > cfg.max_wrist_distance_m
+
+
+def weigh_among(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None) -> Association:
+    """:func:`weigh` among the ``eligible`` shoppers (None: everyone); when none of them is near, or none of
+    their hands was seen at the lane while another shopper's was, the event is that other shopper's (who,
+    bound to no visit, takes it to review)."""
+    a = weigh(ev, cfg, eligible)
+    if eligible is None or not (a.shopper is None or no_hand_at_lane(a, cfg)):
+        return a
+    b = weigh(ev, cfg)
+    return b if a.shopper is None or (b.shopper not in eligible and not no_hand_at_lane(b, cfg)) else a
 
 
 def _decide(weights: dict[str, float], evidence: dict[str, tuple[float, float, list[str]]],
@@ -459,3 +512,9 @@ def sibling_factors(assocs: list[Association], same_shopper: float) -> list[dict
             f[y] = w
         out.append(f)
     return out
+
+
+def weigh_siblings(assocs: list[Association], cfg: AssociationConfig) -> list[Association]:
+    """The associations of one shelf change's sibling events, weighed together (:func:`sibling_factors`)."""
+    factors = sibling_factors(assocs, cfg.sibling_same_shopper)
+    return [reweigh(a, f, cfg) for a, f in zip(assocs, factors, strict=True)]

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from calibration.store import Box, Shelf, Store
-from fusion.association import Association, associate, reweigh, sibling_factors
+from fusion.association import Association, EventEvidence, gather, weigh_among, weigh_siblings
 from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
 from fusion.config import FusionConfig
 from fusion.floor import LOST, FloorTracker, TrackObs
@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 _RANK = {GateEntryMsg: 0, StatusMsg: 1, TracksMsg: 2, ShelfEventMsg: 3}
 # buffer entries are (ts, rank, source, seq, arrival, msg): an instant's frames go in this order
 _SOURCE_SEQ_ARRIVAL = itemgetter(2, 3, 4)
+
+
+@dataclass
+class EvidenceRecord:
+    """A shelf event's association evidence as the engine gathered it, and what it decided."""
+
+    event: ShelfEventMsg
+    evidence: EventEvidence
+    eligible: set[str] | None  # who might have done it (None: everyone)
+    siblings: list[str] = field(default_factory=list)  # the events weighed together with it, itself included
+    decided: Association | None = None
 
 
 # ------------------------------------------------------------------------------------------------ effects
@@ -134,6 +145,8 @@ class FusionEngine:
         self.shelf_marks_by_shelf: dict[str, dict[str, float]] = {}
         self.stats = EngineStats()
         self.forgotten: list[Visit] | None = None  # a list: :meth:`forget` keeps what it drops there (replays)
+        # a dict: each shelf event's association evidence and decision is kept there (``walkout.association_study``)
+        self.evidence_log: dict[str, EvidenceRecord] | None = None
         self.lane_boxes = {lid: ln.box for lid, ln in store.lanes.items()}
         self.unit_weights = {sku: (pr.weight_g, pr.weight_sd_g) for sku, pr in store.products.items()}
         # shelf -> floor rectangle (lo, hi) around its lanes' footprints
@@ -486,27 +499,22 @@ class FusionEngine:
             if len(group) < 2:
                 continue
             assocs = [self._associate(ev) for ev in group]
-            factors = sibling_factors(assocs, self.cfg.association.sibling_same_shopper)
-            for ev, a, f in zip(group, assocs, factors, strict=True):
-                out[ev.event_id] = reweigh(a, f, self.cfg.association)
+            if self.evidence_log is not None:
+                for ev in group:
+                    self.evidence_log[ev.event_id].siblings = [e.event_id for e in group]
+            for ev, a in zip(group, weigh_siblings(assocs, self.cfg.association), strict=True):
+                out[ev.event_id] = a
         return out
 
     def _associate(self, ev: ShelfEventMsg) -> Association:
+        """The event's association among the eligible shoppers (:func:`fusion.association.weigh_among`)."""
         boxes = [self.lane_boxes[ln.lane] for ln in ev.lanes if ln.lane in self.lane_boxes]
-        rivals, eligible = self._rivals(ev), self._eligible()
-        a = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
-                      t_step=ev.t_step, eligible=eligible)
-        if eligible is None or not (a.shopper is None or self._no_hand_at_lane(a)):
-            return a
-        # only such shoppers near, or none of the others' hands was seen at the lane: if one of theirs was,
-        # the event is theirs -- to review, as a shopper bound to no visit
-        b = associate(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, rivals=rivals,
-                      t_step=ev.t_step)
-        return b if a.shopper is None or (b.shopper not in eligible and not self._no_hand_at_lane(b)) else a
-
-    def _no_hand_at_lane(self, a: Association) -> bool:
-        """Whether the association's shopper showed no hand within ``max_wrist_distance_m`` of the lane."""
-        return a.wrist_distance is None or a.wrist_distance > self.cfg.association.max_wrist_distance_m
+        evidence = gather(self.floor, boxes, ev.t_start, ev.t_end, self.cfg.association, self._rivals(ev),
+                          ev.t_step)
+        eligible = self._eligible()
+        if self.evidence_log is not None:
+            self.evidence_log[ev.event_id] = EvidenceRecord(ev, evidence, eligible)
+        return weigh_among(evidence, self.cfg.association, eligible)
 
     def _eligible(self) -> set[str] | None:
         """Who may have done a shelf event: everyone but the shoppers who appeared away from the gate and whose
@@ -526,6 +534,8 @@ class FusionEngine:
                                tuple(cands), None)]
         if a is None:
             a = self._associate(ev)
+        if self.evidence_log is not None and ev.event_id in self.evidence_log:
+            self.evidence_log[ev.event_id].decided = a
         vid = self.visits.by_shopper.get(a.shopper) if a.shopper else None
         if vid is None or vid not in self.carts:
             why = a.reason or ("shopper not bound to a visit" if a.shopper else "no shopper")
@@ -691,7 +701,7 @@ class FusionEngine:
     # ------------------------------------------------------------------------------------------ snapshot
     def snapshot(self) -> bytes:
         # config, derived, a replay's record
-        skip = ("store", "cfg", "lane_boxes", "unit_weights", "shelf_extent", "forgotten")
+        skip = ("store", "cfg", "lane_boxes", "unit_weights", "shelf_extent", "forgotten", "evidence_log")
         state = {k: val for k, val in self.__dict__.items() if k not in skip}
         return pickle.dumps(state, protocol=5)
 

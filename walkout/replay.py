@@ -71,6 +71,7 @@ from calibration.store import Store, store_from_dict
 from fusion import store_db
 from fusion.config import FusionConfig
 from fusion.db import Database
+from fusion.engine import EvidenceRecord
 from fusion.floor import LEFT
 from fusion.payments import LedgerGateway
 from fusion.service import FusionService, ServiceSettings
@@ -115,6 +116,7 @@ class ReplayOptions:
     model: Path = DEFAULT_MODEL
     detector_threads: int | None = 1
     fusion_config: FusionConfig | None = None
+    keep_evidence: bool = False  # keep each shelf event's association evidence (ReplayResult.evidence)
     floor_hz: float = 10.0  # fused floor positions kept at this rate
     progress: Callable[[str], None] | None = None
     catch_up_timeout_s: float = 120.0
@@ -125,6 +127,7 @@ class ReplayResult:
     run_dir: Path
     receipts: list[dict]
     summary: dict = field(default_factory=dict)
+    evidence: dict[str, EvidenceRecord] | None = None  # with ``keep_evidence``: event id -> its evidence
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -534,6 +537,8 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
     fusion = ReplayFusion(store, db, ft, payments, opts.fusion_config,
                           ServiceSettings(device="fusion", create_accounts=True, inbox_relaxed=False), floor_hz=opts.floor_hz,
                           span=src.span)
+    if opts.keep_evidence:
+        fusion.engine.evidence_log = {}
     recorder = ReceiptRecorder(rt)
     writer = RunWriter(run_dir)
     t_wall0 = time.time()
@@ -594,7 +599,7 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
     (run_dir / "run.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=_json_default) + "\n")
     db.dispose()
     say(f"{len(receipts)} receipts, {n_pub} messages in {wall:.1f} s -> {run_dir}")
-    return ReplayResult(run_dir, receipts, info)
+    return ReplayResult(run_dir, receipts, info, fusion.engine.evidence_log)
 
 
 def _write_outputs(run_dir: Path, fusion: ReplayFusion, recorder: ReceiptRecorder, db: Database) -> list[dict]:
