@@ -12,7 +12,9 @@ probability is the line's confidence; the margin to the runner-up decides whethe
 A shelf change on several products' lanes at once comes as sibling events (one ``parent_id``).  A located
 wrist nearer to a sibling's lanes is that sibling's hand and does not count here (``rivals``), and the
 siblings are weighed together: one shopper doing two of them is taken as less likely than two shoppers doing
-one each (:func:`sibling_factors`) -- two neighbours reaching into adjacent lanes at the same moment.
+one each (:func:`sibling_factors`) -- two neighbours reaching into adjacent lanes at the same moment.  An
+event too close to call is weighed the same way against the confident events of other shelf changes at the
+same moment (:func:`busy`): a shopper busy at another shelf then is less likely to have done it too.
 
 The evidence is gathered once per event (:func:`gather`) and weighed apart from the floor (:func:`weigh`), so
 that kept evidence can be weighed again under other settings (``walkout.association_study``).
@@ -496,25 +498,44 @@ def reweigh(a: Association, factor: dict[str, float], cfg: AssociationConfig) ->
     return _decide({s: p * factor.get(s, 1.0) for s, p in a.scores.items()}, a.evidence, cfg)
 
 
+def others_factors(a: Association, others: list[Association], same_shopper: float) -> dict[str, float]:
+    """With the prior that one shopper doing ``a``'s event as well as another at once is ``same_shopper``
+    times as likely as two people doing one each, ``a``'s candidate y is weighed by the product over the
+    ``others`` of (1 - (1 - same_shopper) x p_other(y)) -- the chance, under the others' own evidence, that y
+    did not do them."""
+    f: dict[str, float] = {}
+    for y in a.scores:
+        w = 1.0
+        for b in others:
+            w *= 1.0 - (1.0 - same_shopper) * b.scores.get(y, 0.0)
+        f[y] = w
+    return f
+
+
 def sibling_factors(assocs: list[Association], same_shopper: float) -> list[dict[str, float]]:
     """Events of one shelf change split by product (two lanes at once) are more likely two people's than one
-    person's: with the prior that one shopper did two of them ``same_shopper`` times as likely as two did,
-    event j's candidate y is weighed by the product over the other events k of (1 - (1 - same_shopper) x
-    p_k(y)) -- the chance, under the others' own evidence, that y did not do them."""
-    out = []
-    for j, a in enumerate(assocs):
-        f: dict[str, float] = {}
-        for y in a.scores:
-            w = 1.0
-            for k, b in enumerate(assocs):
-                if k != j:
-                    w *= 1.0 - (1.0 - same_shopper) * b.scores.get(y, 0.0)
-            f[y] = w
-        out.append(f)
-    return out
+    person's: each weighed against the others (:func:`others_factors`)."""
+    return [others_factors(a, assocs[:j] + assocs[j + 1:], same_shopper) for j, a in enumerate(assocs)]
 
 
 def weigh_siblings(assocs: list[Association], cfg: AssociationConfig) -> list[Association]:
     """The associations of one shelf change's sibling events, weighed together (:func:`sibling_factors`)."""
     factors = sibling_factors(assocs, cfg.sibling_same_shopper)
     return [reweigh(a, f, cfg) for a, f in zip(assocs, factors, strict=True)]
+
+
+def busy(a: Association, others: list[Association], cfg: AssociationConfig) -> Association:
+    """An event too close to call, weighed against what its candidates were doing at the same moment: the
+    confident decisions of ``others`` (events of other shelf changes whose weight stepped within
+    ``busy_window_s`` of this one's).  A shopper whose hands were busy at another lane then is less likely to
+    have done this one too (``busy_same_shopper``, :func:`others_factors`): a hand on its way to a shelf above
+    or below passes this lane's front, and the picker's own hand is often hidden under the shelf above."""
+    sure = [b for b in others if not b.uncertain and b.shopper is not None]
+    if not sure or a.shopper is None:
+        return a
+    return reweigh(a, others_factors(a, sure, cfg.busy_same_shopper), cfg)
+
+
+def too_close_to_call(a: Association, cfg: AssociationConfig) -> bool:
+    """Whether ``a`` is uncertain for its margin to a runner-up (what :func:`busy` may settle)."""
+    return a.uncertain and a.runner_up is not None and a.margin < cfg.min_margin

@@ -201,6 +201,21 @@ class AssociationConfig(_Cfg):
                                         description="How likely one shopper did two events of one shelf change "
                                                     "(two products' lanes at once) against two shoppers doing "
                                                     "one each (1: no preference)")
+    busy_window_s: float = Field(1.5, ge=0, title="Busy window",
+                                 description="An event too close to call (margin below min_margin) is weighed "
+                                             "against the confident events of other shelf changes whose weight "
+                                             "stepped this close to its own (0: never); a pick takes about "
+                                             "this long from reach to withdrawal")
+    busy_same_shopper: float = Field(0.3, gt=0, le=1, title="One shopper, two shelves at once",
+                                     description="How likely a shopper busy with another event at the same moment "
+                                                 "did this one too, against someone else doing it (1: no "
+                                                 "preference; on the 66 truth seeds: a candidate had a confident "
+                                                 "event of another change within 1.5 s in 13.5 % of events it "
+                                                 "did not do and 1.1 % of those it did)")
+    busy_wait_s: float = Field(3.0, ge=0, title="Busy wait",
+                               description="How long after its step such an event waits for the others to be "
+                                           "decided (an event ends 0.5 s after its step at the median, 1.1 s at "
+                                           "the 90th percentile)")
     delay_s: float = Field(0.3, ge=0, title="Association delay",
                            description="Event-time wait after a shelf event's end before associating it")
 

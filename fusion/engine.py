@@ -32,7 +32,15 @@ import numpy as np
 from pydantic import BaseModel
 
 from calibration.store import Box, Shelf, Store
-from fusion.association import Association, EventEvidence, gather, weigh_among, weigh_siblings
+from fusion.association import (
+    Association,
+    EventEvidence,
+    busy,
+    gather,
+    too_close_to_call,
+    weigh_among,
+    weigh_siblings,
+)
 from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
 from fusion.config import FusionConfig
 from fusion.floor import LOST, FloorTracker, TrackObs
@@ -55,6 +63,9 @@ class EvidenceRecord:
     eligible: set[str] | None  # who might have done it (None: everyone)
     siblings: list[str] = field(default_factory=list)  # the events weighed together with it, itself included
     decided: Association | None = None
+    # the events of other shelf changes decided by then whose steps were within the busy window of its own
+    busy: list[str] = field(default_factory=list)
+    seq: int = -1  # the order of its decision among the engine's
 
 
 # ------------------------------------------------------------------------------------------------ effects
@@ -109,6 +120,18 @@ Effect = CartChanged | VisitOpened | VisitSettled | Unassigned
 class _Pending:
     due: float
     msg: ShelfEventMsg
+    held: Association | None = None  # too close to call: weighed against the events around it when due
+
+
+@dataclass
+class _Decided:
+    """A shelf event's decision, kept a while for the events too close to call around it."""
+
+    t: float  # its step (its start without one)
+    event_id: str
+    parent_id: str | None
+    lanes: frozenset[str]
+    a: Association
 
 
 @dataclass
@@ -129,6 +152,8 @@ class FusionEngine:
         self._buffer: list[tuple[float, int, str, int, int, BaseModel]] = []
         self._tiebreak = 0
         self._events: list[_Pending] = []
+        self._decided: list[_Decided] = []  # the last minute's decisions (:meth:`_busy`)
+        self._decided_n = 0
         # shelf change (parent_id) -> (t_end, lanes) of each of its events: the lanes of an event's siblings
         self._changes: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
         self._parties_leaving: set[str] = set()  # open visits some of whose shoppers have left
@@ -420,17 +445,18 @@ class FusionEngine:
         if now != math.inf and self.visits.unfilled:
             for v in self.visits.pending_close(now, self.visits.bind_after_s):
                 out.extend(self._maybe_close(v, now))
-        if self._events and min(p.due for p in self._events) <= now:
+        while self._events and min(p.due for p in self._events) <= now:  # again for those waiting (busy)
             ready = sorted((p for p in self._events if p.due <= now), key=lambda p: (p.msg.t_end, p.msg.event_id))
             if any(p.msg.parent_id for p in ready):  # a change's events go together: wait for those in the buffer
                 coming = {e[-1].parent_id for e in self._buffer if isinstance(e[-1], ShelfEventMsg)}
                 ready = [p for p in ready if not p.msg.parent_id or p.msg.parent_id not in coming]
-            if ready:
-                taken = {id(p) for p in ready}
-                self._events = [p for p in self._events if id(p) not in taken]
-                joint = self._associate_siblings([p.msg for p in ready])
-                for p in ready:
-                    out.extend(self._shelf_event(p.msg, joint.get(p.msg.event_id)))
+            if not ready:
+                break
+            taken = {id(p) for p in ready}
+            self._events = [p for p in self._events if id(p) not in taken]
+            joint = self._associate_siblings([p.msg for p in ready if p.held is None])
+            for p in ready:
+                out.extend(self._decide_event(p, joint.get(p.msg.event_id)))
         if not self._settle or min(self._settle.values()) > now:
             return out
         wait_max = self.cfg.checkout.shelf_wait_max_s
@@ -527,6 +553,43 @@ class FusionEngine:
                if inf.origin != "unknown" or not inf.adoption_decided or inf.id in self.visits.by_shopper}
         return None if len(out) == len(self.floor.info) else out
 
+    def _decide_event(self, p: _Pending, a: Association | None) -> list[Effect]:
+        """Associate a due event (``a``: already, with its siblings) and apply it.  One too close to call waits
+        until ``busy_wait_s`` past its step, for the events around it to be decided, and is then weighed
+        against them (:meth:`_busy`)."""
+        ev, cfg = p.msg, self.cfg.association
+        if p.held is not None:
+            return self._shelf_event(ev, self._busy(ev, p.held))
+        if not any(ln.lane in self.lane_boxes for ln in ev.lanes):
+            return self._shelf_event(ev)
+        a = a or self._associate(ev)
+        if cfg.busy_window_s > 0 and too_close_to_call(a, cfg):
+            self._events.append(_Pending(max(p.due, _step(ev) + cfg.busy_wait_s), ev, a))
+            return []
+        return self._shelf_event(ev, a)
+
+    def _around(self, ev: ShelfEventMsg) -> list[_Decided]:
+        """The decided events of other shelf changes, on other lanes, whose steps were within ``busy_window_s``
+        of ``ev``'s."""
+        t, lanes, window = _step(ev), {ln.lane for ln in ev.lanes}, self.cfg.association.busy_window_s
+        return [d for d in self._decided if abs(d.t - t) < window and d.event_id != ev.event_id
+                and not (ev.parent_id and d.parent_id == ev.parent_id) and not (lanes & d.lanes)]
+
+    def _busy(self, ev: ShelfEventMsg, a: Association) -> Association:
+        """``a``, too close to call, weighed against what its candidates were doing at the same moment
+        (:func:`fusion.association.busy`)."""
+        return busy(a, [d.a for d in self._around(ev)], self.cfg.association)
+
+    def _remember(self, ev: ShelfEventMsg, a: Association) -> None:
+        t = _step(ev)
+        if len(self._decided) >= 256:
+            self._decided = [d for d in self._decided if d.t > t - 60.0]
+        if self.evidence_log is not None and ev.event_id in self.evidence_log:
+            rec = self.evidence_log[ev.event_id]
+            rec.decided, rec.seq, rec.busy = a, self._decided_n, [d.event_id for d in self._around(ev)]
+        self._decided_n += 1
+        self._decided.append(_Decided(t, ev.event_id, ev.parent_id, frozenset(ln.lane for ln in ev.lanes), a))
+
     def _shelf_event(self, ev: ShelfEventMsg, a: Association | None = None) -> list[Effect]:
         cands = [(c.sku, c.qty, c.p) for c in sorted(ev.candidates, key=lambda c: (-c.p, c.sku, c.qty))]
         if not any(ln.lane in self.lane_boxes for ln in ev.lanes):
@@ -534,8 +597,7 @@ class FusionEngine:
                                tuple(cands), None)]
         if a is None:
             a = self._associate(ev)
-        if self.evidence_log is not None and ev.event_id in self.evidence_log:
-            self.evidence_log[ev.event_id].decided = a
+        self._remember(ev, a)
         vid = self.visits.by_shopper.get(a.shopper) if a.shopper else None
         if vid is None or vid not in self.carts:
             why = a.reason or ("shopper not bound to a visit" if a.shopper else "no shopper")
@@ -712,6 +774,11 @@ class FusionEngine:
         eng.__dict__.update(state)
         eng.floor.cfg = eng.cfg.floor
         return eng
+
+
+def _step(ev: ShelfEventMsg) -> float:
+    """When the event's weight stepped (its start where the gateway gave no step)."""
+    return ev.t_step if ev.t_step is not None else ev.t_start
 
 
 def _extent(shelf: Shelf) -> tuple[np.ndarray, np.ndarray]:

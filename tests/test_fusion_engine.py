@@ -653,21 +653,27 @@ def test_a_hand_resting_in_front_of_a_low_lane_is_not_in_it(rest_far, rest_heigh
     assert r[picker].decision == "charge", r[picker].reasons
 
 
-def _bystander_reaching_while_the_shelf_settles(t_step: float | None) -> list:
+def _bystander_reaching_while_the_shelf_settles(t_step: float | None, bob_l3: float | None = None) -> list:
     """Alice takes an item from L2 (hand in the lane 8.0-9.0 s, the weight steps at 8.5 s); Bob beside her
     reaches into L2 as far at 10.0-11.0 s (he touches the goods, takes nothing) while the shelf is still
     settling: the event spans 8.0-11.2 s.  ``t_step``: the event's step time (None: a gateway
-    that does not send one)."""
+    that does not send one).  ``bob_l3``: Bob also takes an item from L3, the next lane, his hand in it for
+    0.8 s from then (another shelf change, the weight stepping 0.4 s in)."""
     tx, ty, tz = lane_target(STORE, "L2")
     alice = ScriptedShopper("alice", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (6.0, tx - 0.15, 2.45),
                                       (12.0, tx - 0.15, 2.45), (16.0, 5.5, 0.5), (16.5, 5.6, 0.3)],
                             [(8.0, 9.0, (tx - 0.05, ty, tz))])
-    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.15, 2.45), (12.5, tx + 0.15, 2.45),
+    bob = ScriptedShopper("bob", [(3.0, 0.5, 0.5), (4.0, 0.8, 1.2), (6.5, tx + 0.15, 2.45), (13.5, tx + 0.15, 2.45),
                                   (17.0, 5.5, 0.5), (17.5, 5.6, 0.3)], [(10.0, 11.0, (tx + 0.05, ty + 0.05, tz))])
     ev = shelf_event(STORE, "e1", "L2", 8.0, 11.2, 1)
     if t_step is not None:
         ev = ev.model_copy(update={"t_step": T0 + t_step})
-    return tracks_messages([alice, bob], CAMS, 18.0) + [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2), ev]
+    out = [entry("acct-alice", 1.1, 1), entry("acct-bob", 3.1, 2), ev]
+    if bob_l3 is not None:
+        bob.reaches.append((bob_l3, bob_l3 + 0.8, lane_target(STORE, "L3")))
+        e2 = shelf_event(STORE, "e2", "L3", bob_l3, bob_l3 + 0.9, 2)
+        out.append(e2.model_copy(update={"t_step": T0 + bob_l3 + 0.4}))
+    return tracks_messages([alice, bob], CAMS, 18.0) + out
 
 
 @pytest.mark.parametrize("t_step, decision", [(8.5, "charge"), (None, "hold")])
@@ -700,6 +706,26 @@ def test_an_uncertain_line_holds_the_runner_ups_visit_too(t_step, min_margin, al
     assert not r["acct-bob"].lines
     assert (r["acct-alice"].decision, r["acct-bob"].decision) == (alice, bob), r["acct-bob"].reasons
     assert any("event e1: may be" in why for why in r["acct-bob"].reasons) is (bob == "hold")
+
+
+@pytest.mark.parametrize("bob_l3, window, alice, bob", [
+    (7.2, None, "charge", "charge"),  # Bob's hand was busy in L3 when L2's weight stepped: L2 is Alice's
+    (7.2, 0.0, "hold", "hold"),  # the rule off: too close to call, both held
+    (12.2, None, "hold", "hold"),  # Bob's L3 pick came 4 s later: nothing to go by, both held
+])
+def test_an_event_too_close_to_call_is_not_the_shopper_busy_at_another_lane_then(bob_l3, window, alice, bob):
+    """An event too close to call waits for the events around it (``busy_wait_s``) and is weighed against
+    them: a shopper whose hand was busy at another lane within ``busy_window_s`` of its step, by a confident
+    decision, is less likely to have done it too (``busy_same_shopper``)."""
+    cfg = FusionConfig()
+    if window is not None:
+        cfg = FusionConfig.model_validate({"association": {"busy_window_s": window}})
+    _, effects = run(_bystander_reaching_while_the_shelf_settles(None, bob_l3), FusionEngine(STORE, cfg))
+    r = receipts(effects)
+    assert [ln["sku"] for ln in r["acct-alice"].lines] == [STORE.lanes["L2"].sku]
+    assert [ln["sku"] for ln in r["acct-bob"].lines] == [STORE.lanes["L3"].sku]
+    assert (r["acct-alice"].decision, r["acct-bob"].decision) == (alice, bob), (r["acct-alice"].reasons,
+                                                                               r["acct-bob"].reasons)
 
 
 def _put_back_seen_only_in_the_wrong_hand(bob_lane: str) -> list:
@@ -753,6 +779,22 @@ def test_events_of_one_change_lean_to_different_shoppers(probs, same, expected):
     assocs = [_assoc(p) for p in probs]
     got = [reweigh(a, f, cfg).shopper for a, f in zip(assocs, sibling_factors(assocs, same), strict=True)]
     assert got == expected
+
+
+@pytest.mark.parametrize(("probs", "others", "shopper", "uncertain"), [
+    ({"a": 0.55, "b": 0.45}, [{"b": 0.99, "c": 0.01}], "a", False),  # b was busy elsewhere: a did it
+    ({"a": 0.55, "b": 0.45}, [{"a": 0.99, "b": 0.01}], "b", False),  # a was: b did it, though a led
+    ({"a": 0.55, "b": 0.45}, [{"b": 0.6, "c": 0.4}], "a", True),  # b's other event is unsure itself: no help
+    ({"a": 0.55, "b": 0.45}, [], "a", True),  # nothing around it
+    ({"a": 0.55, "b": 0.45}, [{"a": 0.99, "b": 0.01}, {"b": 0.99, "c": 0.01}], "a", True),  # both were busy
+])
+def test_an_event_too_close_to_call_leans_away_from_the_shopper_busy_elsewhere(probs, others, shopper, uncertain):
+    from fusion.association import busy, reweigh
+
+    cfg = FusionConfig().association
+    a = reweigh(_assoc(probs), {}, cfg)
+    got = busy(a, [reweigh(_assoc(p), {}, cfg) for p in others], cfg)
+    assert (got.shopper, got.uncertain) == (shopper, uncertain), got.reason
 
 
 @pytest.mark.parametrize(("probs", "min_margin", "uncertain"), [

@@ -41,6 +41,8 @@ from fusion.association import (
     Candidate,
     EventEvidence,
     WristEvidence,
+    busy,
+    too_close_to_call,
     weigh_among,
     weigh_siblings,
 )
@@ -99,6 +101,7 @@ def record_to_dict(rec: EvidenceRecord) -> dict[str, Any]:
         "event_id": msg.event_id, "parent_id": msg.parent_id, "action": msg.action, "shelf": msg.shelf,
         "lanes": [ln.lane for ln in msg.lanes], "t_start": ev.t_start, "t_end": ev.t_end, "t_step": ev.t_step,
         "lanes_low_m": ev.lanes_low_m, "with_siblings": ev.siblings, "siblings": rec.siblings,
+        "busy": rec.busy, "seq": rec.seq,
         "eligible": None if rec.eligible is None else sorted(rec.eligible),
         "decided": None if d is None else {"shopper": d.shopper, "p": d.p, "margin": d.margin,
                                            "uncertain": d.uncertain, "reason": d.reason},
@@ -186,7 +189,21 @@ class Outcome:
 
 
 def decide(rows: list[dict[str, Any]], cfg: AssociationConfig) -> dict[str, Association]:
-    """Every event's association as the engine makes it: alone, or weighed with its siblings."""
+    """Every event's association as the engine makes it: alone, or weighed with its siblings; then, in the
+    order the engine decided them, those too close to call weighed against the events around them that the
+    engine had decided by then (under other settings, an event the engine decided at once may now be too close
+    to call: it is weighed against those decided before it, a subset of what the engine would wait for)."""
+    first = _decide_first(rows, cfg)
+    out = dict(first)
+    if cfg.busy_window_s > 0:
+        for r in sorted(rows, key=lambda r: r.get("seq", -1)):
+            a = first[r["event_id"]]
+            if too_close_to_call(a, cfg):
+                out[r["event_id"]] = busy(a, [out[e] for e in r.get("busy", []) if e in out], cfg)
+    return out
+
+
+def _decide_first(rows: list[dict[str, Any]], cfg: AssociationConfig) -> dict[str, Association]:
     out: dict[str, Association] = {}
     by_id = {r["event_id"]: r for r in rows}
     for r in rows:
