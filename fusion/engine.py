@@ -463,8 +463,7 @@ class FusionEngine:
         for vid, due in sorted(self._settle.items(), key=lambda kv: (kv[1], kv[0])):
             v = self.visits.visits[vid]
             exited = v.exited_at or 0
-            blocked = any(p.msg.t_start <= exited for p in self._events)
-            if due > now or blocked:
+            if due > now or self._events_may_be_theirs(v, exited):
                 continue
             # shelf gateways whose watermark has not passed the exit may still hold events of the visit's last
             # moments (a stalled link, its outbox waiting): wait for the online ones, up to wait_max
@@ -479,6 +478,19 @@ class FusionEngine:
             del self._settle[vid]
             out.append(self._settle_visit(v, due if now == float("inf") else max(due, self.clock), behind))
         return out
+
+    def _events_may_be_theirs(self, v: Visit, exited: float) -> bool:
+        """Whether a shelf event still waiting for its association started before visit ``v``'s exit on a
+        shelf one of its shoppers was near (within ``association.candidate_radius_m``) at or after its start:
+        only such an event can become one of the visit's lines (or hold it); another shopper's event across the
+        store cannot, and waiting for it would delay the receipt by that event's wait."""
+        early = [p.msg for p in self._events if p.msg.t_start <= exited]
+        if not early:
+            return False
+        near = self._shelves_near(v, self.cfg.association.candidate_radius_m)
+        pad = self.cfg.association.window_pad_s
+        return any(m.shelf not in self.shelf_extent or near.get(m.shelf, -math.inf) >= m.t_start - pad
+                   for m in early)
 
     def _gateways_behind(self, v: Visit, exited: float) -> list[str]:
         """Shelf gateways that may still hold events of visit ``v``: their watermark has not passed its exit
@@ -495,15 +507,17 @@ class FusionEngine:
                 or any(t < min(exited, near[sid] + margin)
                        for sid, t in self.shelf_marks_by_shelf[dev].items() if sid in near)]
 
-    def _shelves_near(self, v: Visit) -> dict[str, float]:
-        """Shelves within a reach (and a margin) of where the visit's shoppers were, over the positions still
-        kept (``floor.history_s`` before each one's last), with the last time one of them was there."""
+    def _shelves_near(self, v: Visit, reach: float | None = None) -> dict[str, float]:
+        """Shelves within ``reach`` (default: an arm's reach and a margin) of where the visit's shoppers were,
+        over the positions still kept (``floor.history_s`` before each one's last), with the last time one of
+        them was there."""
         pts = [(t, x, y) for sid in v.shoppers for t, x, y in self.floor.shopper(sid).path]
         if not pts:
             return dict.fromkeys(self.shelf_extent, math.inf)  # nothing to go by: every shelf, to the end
         txy = np.asarray(pts)
         xy = txy[:, 1:]
-        reach = self.cfg.association.reach_m + 0.5
+        if reach is None:
+            reach = self.cfg.association.reach_m + 0.5
         out = {}
         for sid, (lo, hi) in self.shelf_extent.items():
             gap = np.maximum(np.maximum(lo - xy, xy - hi), 0.0)

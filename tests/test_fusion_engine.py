@@ -23,7 +23,7 @@ from tests.fusion_scene import (
     tracks_messages,
 )
 from tests.helpers_fusion_scene import crowd_messages
-from wire.messages import ShelfEventMsg, StatusMsg, TracksMsg
+from wire.messages import Candidate, LaneDelta, ShelfEventMsg, StatusMsg, TracksMsg
 
 STORE = scene_store()
 CAMS = scene_cameras()
@@ -478,6 +478,27 @@ def test_a_visit_waits_only_for_shelves_its_shoppers_came_near(per_shelf, other,
     assert 16.0 < r.exited_at - T0 < 16.5
     assert settled[0] <= r.settled_at - T0 <= settled[1]
     assert ("S9" in eng._shelves_near(eng.visits.visits[r.visit])) == (other is NEAR_SHELF)
+
+
+@pytest.mark.parametrize("other, settled", [
+    (FAR_SHELF, (16.5, 17.2)),  # across the store: not Gil's, his receipt does not wait for it
+    (NEAR_SHELF, (18.5, 19.0)),  # where Gil stood until 15.0 s: it may be his, his receipt waits for it
+], ids=["far", "near"])
+def test_a_visit_waits_only_for_undecided_events_its_shoppers_came_near(other, settled):
+    """A shelf event still waiting for its association (decided 3 s after its end here) holds back the receipt
+    of a visit that left after it started only if one of the visit's shoppers was near its shelf at or after
+    its start: another shelf's event across the store cannot become one of Gil's lines."""
+    tracks, events = late_picker()
+    s9 = ShelfEventMsg(source="shelfgw", seq=9, ts=T0 + 16.0, shelf="S9", event_id="e9", action="pick",
+                       t_start=T0 + 14.0, t_end=T0 + 15.5, lanes=[LaneDelta(lane="X1", delta_g=-200.0)],
+                       delta_g=-200.0, candidates=[Candidate(sku="P1", qty=1, p=0.99)])
+    eng = FusionEngine(STORE, FusionConfig.model_validate({"association": {"delay_s": 3.0}}))
+    eng.shelf_extent["S9"] = other
+    eng, effects = run(tracks + events + [s9], eng)
+    r = receipts(effects)["acct-gil"]
+    assert r.decision == "charge" and r.lines[0]["qty"] == 2
+    assert 16.0 < r.exited_at - T0 < 16.5
+    assert settled[0] <= r.settled_at - T0 <= settled[1]
 
 
 def _hidden_hand_neighbours(one_change: bool) -> list:

@@ -207,8 +207,9 @@ def _truth_shelf_feed(session):
 @pytest.mark.parametrize("feed", ["gateway", "truth"])
 def test_shelf_feeds_carry_a_watermark_no_later_event_starts_before(feed: str) -> None:
     """The replay feeds' shelf gateway (the real one, or truth perception's) publishes a watermark heartbeat
-    every 0.25 s of capture time; no event published after a heartbeat starts before its watermark, and events
-    and heartbeats are numbered together in publish order (one source, one sequence)."""
+    every 0.25 s of capture time, with each shelf's own; no event published after a heartbeat starts before its
+    watermark or its shelf's, and events and heartbeats are numbered together in publish order (one source, one
+    sequence)."""
     from sim.session import Session
     from walkout.replay import gateway_feed
     from wire.messages import ShelfEventMsg, StatusMsg
@@ -234,7 +235,7 @@ def test_shelf_feeds_carry_a_watermark_no_later_event_starts_before(feed: str) -
             assert m.t_start >= mark, m.event_id
             assert m.t_start >= per_shelf.get(m.shelf, 0.0), m.event_id
     assert any(b.watermark < b.ts - 0.5 for b in beats)  # held back while a shelf was moving
-    if feed == "gateway":  # the real gateway also says which shelf: one shelf's activity holds back only its own
-        assert all(b.shelf_watermarks and b.watermark == min(b.shelf_watermarks.values()) for b in beats)
-        assert set(beats[0].shelf_watermarks) == set(s.store.shelves)
-        assert any(max(b.shelf_watermarks.values()) == b.ts > b.watermark for b in beats)
+    # both also say which shelf: one shelf's activity holds back only its own watermark
+    assert all(b.shelf_watermarks and b.watermark == min(b.shelf_watermarks.values()) for b in beats)
+    assert set(beats[0].shelf_watermarks) == set(s.store.shelves)
+    assert any(max(b.shelf_watermarks.values()) == b.ts > b.watermark for b in beats)

@@ -29,7 +29,9 @@ identifier of the shelf gateway (:class:`edge.shelf.identify.Identifier`, on the
 each change into events with candidate lists -- the same near-equal-weight ambiguity, sub-events and
 misplaced-item learning as the gateway -- published ``emit_lag_s`` after the change settled.  Like the gateway,
 the shelf source also publishes a watermark heartbeat every ``heartbeat_s`` (a status whose watermark at t is
-the earliest start of an event not yet published at t, or t), numbered with the events in publish order.
+the earliest start of an event not yet published at t, or t, with each shelf's own watermark beside it, so that
+a leaving shopper's receipt waits only for the shelves they came near), numbered with the events in publish
+order.
 
 Everything is deterministic: every random draw comes from ``numpy.random.default_rng([seed, stream,
 camera])``; the same session and seed give the same messages.
@@ -784,18 +786,30 @@ def _event_msg(r: Identified, base: str, source: str, seq: int) -> ShelfEventMsg
     )
 
 
+MAX_SHELF_MARKS = 256  # StatusMsg.shelf_watermarks holds at most this many
+
+
 def shelf_heartbeats(events: list[tuple[float, ShelfEventMsg]], t_from: float, t_to: float, every: float,
-                     source: str = SHELF_SOURCE) -> list[tuple[float, StatusMsg]]:
+                     source: str = SHELF_SOURCE, shelves: list[str] | None = None
+                     ) -> list[tuple[float, StatusMsg]]:
     """The gateway's watermark heartbeats for ``events`` (publish time, message): one at every multiple ``t`` of
     ``every`` from ``t_from`` to ``t_to``, published at ``t``, whose watermark is ``t`` or the earliest
-    ``t_start`` of an event not yet published at ``t`` (an event published at ``t`` goes before it)."""
+    ``t_start`` of an event not yet published at ``t`` (an event published at ``t`` goes before it); and, like
+    the gateway, each shelf's own watermark, of its own events only, for the ``shelves`` given and those of
+    the events (at most the message's 256)."""
     grid = np.arange(math.ceil(t_from / every), math.floor(t_to / every) + 1) * every
+    ids = sorted(set(shelves or []) | {m.shelf for _, m in events})
+    per = {sid: grid.copy() for sid in ids} if len(ids) <= MAX_SHELF_MARKS else {}
     mark = grid.copy()
     for t_pub, m in events:
         lo, hi = np.searchsorted(grid, m.t_start, "right"), np.searchsorted(grid, t_pub, "left")
         mark[lo:hi] = np.minimum(mark[lo:hi], m.t_start)
+        if per:
+            per[m.shelf][lo:hi] = np.minimum(per[m.shelf][lo:hi], m.t_start)
     return [(float(t), StatusMsg(source=source, seq=0, ts=float(t), device=source, kind="shelf", state="online",
-                                 watermark=float(w))) for t, w in zip(grid, mark, strict=True)]
+                                 watermark=float(w),
+                                 shelf_watermarks={sid: float(a[i]) for sid, a in per.items()}))
+            for i, (t, w) in enumerate(zip(grid, mark, strict=True))]
 
 
 def _numbered(events: list[tuple[float, ShelfEventMsg]], beats: list[tuple[float, StatusMsg]]
@@ -851,6 +865,7 @@ def perceive(session, config: PerceptionConfig | None = None, cameras: list[str]
         events, sstats = shelf_events(session.store, session.truth, cfg)
         times = [t for msgs in tracks.values() for t, _ in msgs] + [t for t, _ in events]
         if cfg.shelf.heartbeat_s > 0 and times:
-            beats = shelf_heartbeats(events, min(times), max(times), cfg.shelf.heartbeat_s)
+            beats = shelf_heartbeats(events, min(times), max(times), cfg.shelf.heartbeat_s,
+                                     shelves=sorted(session.store.shelves))
             events, beats = _numbered(events, beats)
     return Perceived(tracks, events, truths, tstats, sstats, beats)
