@@ -197,6 +197,11 @@ class AssociationConfig(_Cfg):
                                                       "put_back_weight_max_z, the default: a match is sure when "
                                                       "it is the cart's only holding that close; on the 66 "
                                                       "truth seeds, matches 2.1 and 3.8 spreads off were right)")
+    misplaced_memory_s: float = Field(3600.0, ge=0, title="Misplaced goods memory",
+                                      description="How long fusion remembers goods a shopper put back on another "
+                                                  "product's lane (resolved from their cart): a later pick of "
+                                                  "their weight from that lane, which the shelf read as misplaced "
+                                                  "goods or was unsure of, is those goods (0: off)")
     sibling_same_shopper: float = Field(0.3, gt=0, le=1, title="One shopper, two lanes at once",
                                         description="How likely one shopper did two events of one shelf change "
                                                     "(two products' lanes at once) against two shoppers doing "

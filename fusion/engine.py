@@ -135,6 +135,20 @@ class _Decided:
 
 
 @dataclass
+class _Misplaced:
+    """Goods a shopper put back on another product's lane, as fusion resolved them from the cart: what they
+    are and what one of them weighed on the shelf, so that whoever takes them from there later is charged for
+    them, not for what the shelf guessed."""
+
+    lane: str
+    sku: str
+    unit_g: float  # measured: the put-back's weight change over its quantity
+    count: int
+    t: float
+    p: float  # how sure the cart was of the product (0: a weight match too far off to be sure)
+
+
+@dataclass
 class EngineStats:
     processed: Counter = field(default_factory=Counter)
     late: int = 0
@@ -156,6 +170,7 @@ class FusionEngine:
         self._decided_n = 0
         # shelf change (parent_id) -> (t_end, lanes) of each of its events: the lanes of an event's siblings
         self._changes: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        self._misplaced: list[_Misplaced] = []  # goods put back on other products' lanes, still there
         self._parties_leaving: set[str] = set()  # open visits some of whose shoppers have left
         self._party_checked: float | None = None  # the instant they were last checked
         self._settle: dict[str, float] = {}  # visit -> due time
@@ -692,7 +707,7 @@ class FusionEngine:
             return None
         reasons_extra: list[str] = []
         if ev.action == "pick":
-            sku, qty, p = cands[0]
+            sku, qty, p = self._misplaced_taken(ev, cands) or cands[0]
             kind = "pick"
         else:
             units = self.unit_weights
@@ -730,8 +745,53 @@ class FusionEngine:
         price = product.price if product else 0
         if product is None:
             reasons.append(f"unknown SKU {sku}")
+        if kind == "misplaced_return":
+            self._remember_misplaced(ev, sku, -qty, 0.0 if reasons_extra else p)
         return Line(line_id=ev.event_id, kind=kind, sku=sku, qty=qty, unit_price=price,
                     confidence=round(a.p * p, 4), uncertain=bool(reasons), reason="; ".join(reasons), **base)
+
+    def _remember_misplaced(self, ev: ShelfEventMsg, sku: str, count: int, p: float) -> None:
+        """Keep a misplaced return (``count`` x ``sku`` as resolved from the cart, ``p`` how sure of the
+        product) on the lane that took most of its weight, for :meth:`_misplaced_taken`, for
+        ``association.misplaced_memory_s``."""
+        keep = self.cfg.association.misplaced_memory_s
+        if keep <= 0 or not ev.lanes or count <= 0 or ev.delta_g == 0:
+            return
+        self._misplaced = [m for m in self._misplaced if m.t > ev.t_end - keep and m.count > 0]
+        lane = max(ev.lanes, key=lambda ln: (abs(ln.delta_g), ln.lane)).lane
+        self._misplaced.append(_Misplaced(lane, sku, abs(ev.delta_g) / count, count, ev.t_end, p))
+
+    def _misplaced_taken(self, ev: ShelfEventMsg, cands: list[tuple[str, int, float]]
+                         ) -> tuple[str, int, float] | None:
+        """A pick from a lane fusion knows holds misplaced goods (:meth:`_remember_misplaced`) whose weight
+        matches them (within ``put_back_weight_sure_z`` spreads of two weighings), when the shelf took it for
+        misplaced goods too (its best candidate is foreign to the lane) or was unsure (below
+        ``min_candidate_p``): those goods, as the cart that returned them knew them (and as sure of them) --
+        the shelf only knows weights, and a misplaced item's weight may fit other products better.  None when
+        no such goods, or goods of two products, fit."""
+        cfg = self.cfg.association
+        if not self._misplaced or not cands:
+            return None
+        top_sku, _, top_p = cands[0]
+        foreign = any(c.foreign for c in ev.candidates if c.sku == top_sku)
+        if not foreign and top_p >= cfg.min_candidate_p:
+            return None
+        lanes = {ln.lane for ln in ev.lanes}
+        sd = cfg.put_back_weight_sd_g * math.sqrt(2.0)
+        fits = []
+        for m in self._misplaced:
+            if m.lane in lanes and m.count > 0 and m.t < ev.t_start:
+                k = max(1, min(m.count, round(abs(ev.delta_g) / m.unit_g)))
+                z = abs(abs(ev.delta_g) - k * m.unit_g) / (sd * math.sqrt(k))
+                if z <= cfg.put_back_weight_sure_z:
+                    fits.append((z, m, k))
+        if not fits or len({m.sku for _, m, _ in fits}) > 1:
+            return None
+        z, m, k = min(fits, key=lambda f: (f[0], f[1].t))
+        m.count -= k
+        log.info("event %s: %d x %s taken from lane %s where it was put back at %.3f (%.1f spreads off; the "
+                 "shelf read %s)", ev.event_id, k, m.sku, m.lane, m.t, z, top_sku)
+        return m.sku, k, m.p
 
     # ------------------------------------------------------------------------------------------ checkout
     def _devices_down(self, t0: float, t1: float) -> list[str]:
