@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from walkout.evaluate import _f1
+
 SHOPPERS = {"standard": 10, "hard": 12, "easy": 6}
 DURATION_S = 180.0
 
@@ -81,7 +83,7 @@ def run_seed(args: tuple[str, int, str, dict[str, Any]]) -> dict[str, Any]:
         replay(session, run_dir, ReplayOptions(in_process=True, fusion_config=fusion_config(overrides)))
         m = evaluate(session, run_dir).metrics
     keep = ("receipt_f1", "lines_right", "lines_run", "lines_true", "visits_with_receipt", "visits_held",
-            "visits_charged", "wrong_charge_rate", "exit_to_receipt_p50_s", "exit_to_receipt_p99_s",
+            "visits_charged", "visits_wrong_charged", "exit_to_receipt_p50_s", "exit_to_receipt_p99_s",
             "error_causes")
     return {"seed": seed, **{k: m.get(k) for k in keep}}
 
@@ -96,14 +98,14 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     receipts = sum(r["visits_with_receipt"] for r in rows)
     held = sum(r["visits_held"] for r in rows)
     charged = sum(r["visits_charged"] for r in rows)
-    wrong = sum(round(r["wrong_charge_rate"] * r["visits_charged"]) for r in rows)
+    wrong = sum(r["visits_wrong_charged"] for r in rows)
     causes: Counter = Counter()
     for r in rows:
         causes.update(r.get("error_causes") or {})
     p99 = [r["exit_to_receipt_p99_s"] for r in rows if r["exit_to_receipt_p99_s"] is not None]
     p50 = [r["exit_to_receipt_p50_s"] for r in rows if r["exit_to_receipt_p50_s"] is not None]
     return {"seeds": len(rows), "receipt_precision": p, "receipt_recall": rc,
-            "receipt_f1": 2 * p * rc / (p + rc) if p + rc else 0.0,
+            "receipt_f1": _f1(p, rc),
             "lines_right": right, "lines_run": run, "lines_true": true,
             "visits": receipts, "visits_held": held, "review_rate": held / receipts if receipts else 0.0,
             "visits_charged": charged, "wrong_charges": wrong,
@@ -150,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", with {args.set}" if args.set else ""))
     print(f"{'seed':>6} {'F1':>6} {'held':>5} {'wrong':>6} {'p50 s':>6} {'p99 s':>6}")
     for r in rows:
-        wrong = round(r["wrong_charge_rate"] * r["visits_charged"])
-        print(f"{r['seed']:>6} {r['receipt_f1']:6.3f} {r['visits_held']:>5} {wrong:>6} "
+        print(f"{r['seed']:>6} {r['receipt_f1']:6.3f} {r['visits_held']:>5} {r['visits_wrong_charged']:>6} "
               f"{r['exit_to_receipt_p50_s'] or 0:6.2f} {r['exit_to_receipt_p99_s'] or 0:6.2f}")
     print(f"pooled: receipt F1 {total['receipt_f1']:.4f} ({total['lines_right']} of {total['lines_run']} lines "
           f"right, {total['lines_true']} true); held {total['visits_held']} of {total['visits']} visits "

@@ -32,17 +32,17 @@ def test_bad_seeds_say_why(text, says) -> None:
         receipts.parse_seeds(text)
 
 
-def _row(seed, right, run, true, receipts_, held, charged, wrong_rate, causes):
+def _row(seed, right, run, true, receipts_, held, charged, wrong, causes):
     return {"seed": seed, "receipt_f1": 0.0, "lines_right": right, "lines_run": run, "lines_true": true,
             "visits_with_receipt": receipts_, "visits_held": held, "visits_charged": charged,
-            "wrong_charge_rate": wrong_rate, "exit_to_receipt_p50_s": 0.4, "exit_to_receipt_p99_s": 1.5,
+            "visits_wrong_charged": wrong, "exit_to_receipt_p50_s": 0.4, "exit_to_receipt_p99_s": 1.5,
             "error_causes": causes}
 
 
 def test_pooled_figures_count_lines_and_visits_over_all_seeds() -> None:
     """A seed with many lines weighs more than one with few: F1 over the pooled lines, not the mean of F1s."""
-    rows = [_row(1, 9, 10, 10, 5, 1, 4, 0.25, {"association": 1}),
-            _row(2, 30, 30, 32, 10, 0, 10, 0.0, {"shelf missed": 2, "association": 1})]
+    rows = [_row(1, 9, 10, 10, 5, 1, 4, 1, {"association": 1}),
+            _row(2, 30, 30, 32, 10, 0, 10, 0, {"shelf missed": 2, "association": 1})]
     p = receipts.pooled(rows)
     assert p["receipt_precision"] == pytest.approx(39 / 40)
     assert p["receipt_recall"] == pytest.approx(39 / 42)
