@@ -6,9 +6,10 @@ The recording is made once (in a temporary folder) the way ``walkout record`` wr
 session's gate scans plus truth perception's tracks (6 cameras at 10 fps) and shelf events, each logged at
 its publish time.  Then, median of ``--runs`` runs each, in this process:
 
-* ``replay``: ``walkout.replay.replay`` of the recording at maximum speed through the in-process bus into the
-  real fusion service (SQLite in a temporary folder: inbox commit per message, effects, carts, receipts,
-  payments) -- the figure the replay issue's goal (>= 50x real time) is about;
+* ``replay``: ``walkout.replay.replay --in-process`` of the recording at maximum speed: read, decoded and
+  handed to the real fusion service (SQLite in a temporary folder: inbox commit per message, effects, carts,
+  receipts, payments; its outputs on the in-process bus) -- the figure the replay issue's goal (>= 50x real
+  time) is about;
 * ``engine`` (the peer): ``FusionEngine.offer`` of the same decoded messages, no bus, no database;
 * ``decode`` (floor): reading the recording and validating every message (``wire.codec.decode``).
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import statistics
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -176,6 +175,13 @@ def _d2(a: np.ndarray, b: np.ndarray, c: np.ndarray, e0: np.ndarray, e1: np.ndar
 
 def _time_of(entry: tuple) -> float:
     return entry[0]
+
+
+def _median(v: list[float]) -> float:
+    """The median of a few numbers (``statistics.median``, without its overhead on a hot path)."""
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 @functools.lru_cache(maxsize=8)
@@ -748,7 +754,7 @@ class FloorTracker:
             if len(hist) < 3:  # (a median of two is their mean: no help against an odd one)
                 mm.match_colour = mm.colour
             else:
-                mm.match_colour = np.array([statistics.median(h[c] for h in hist) for c in range(3)])
+                mm.match_colour = np.array([_median([h[c] for h in hist]) for c in range(3)])
 
     def colour_d2(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Squared colour distance in spreads (``colour_sd`` per channel), over the last axis."""

@@ -16,13 +16,15 @@ detection-level recording (an MCAP of recorded topics, e.g. from ``walkout recor
 2. publishes it, in publish-time order, from one replay client (so the order survives any broker), paced
    at ``speed`` times real time by publish time (0: as fast as possible), through the broker
    (:func:`wire.broker.open_bus`: the MQTT broker that answers, else an embedded Mosquitto) or, with
-   ``in_process``, the deterministic :class:`wire.bus.InProcessBus`;
+   ``in_process``, straight into fusion's handler (:meth:`fusion.service.FusionService.offer`, its
+   de-duplication first, as a transport would), fusion's outputs on the deterministic
+   :class:`wire.bus.InProcessBus`;
 
 3. into the real fusion process (:class:`fusion.service.FusionService`: its database -- SQLite in the run
    folder, or the ``db`` URL -- the ledger payment gateway and the transport), which publishes carts and
    receipts; a recorder client keeps every receipt with the wall time it arrived.  Track frames skip
-   fusion's inbox (``ServiceSettings.inbox_relaxed``): the recording is the replay's inbox, and a replay that
-   dies is run again from it;
+   fusion's inbox (``ServiceSettings.inbox_relaxed``) and the engine is not snapshotted while it runs (only
+   when it stops): the recording is the replay's inbox, and a replay that dies is run again from it;
 
 4. and writes the run folder:
 
@@ -51,6 +53,7 @@ end are settled then (their receipts are flagged ``at_end``).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import logging
@@ -60,6 +63,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,23 +187,20 @@ def open_source(path: str | Path) -> Source:
 def recording_feed(path: Path) -> Feed:
     """The input topics of a recording in log-time order: ``(log time, message)``; messages that do not
     decode are counted and skipped."""
-    from mcap.reader import make_reader
-
     from sim.session import IMAGE_SCHEMA
+    from walkout.mcap_scan import scan_messages
     from wire.codec import WireError, decode
 
     bad = 0
-    with open(path, "rb") as f:
-        for schema, channel, m in make_reader(f).iter_messages(log_time_order=True):
-            if schema is not None and schema.name == IMAGE_SCHEMA:
-                continue  # camera frames kept for people to look at, not an input of fusion
-            try:
-                info, msg = decode(channel.topic, m.data)
-            except WireError:
-                bad += 1
-                continue
-            if info.kind in INPUT_KINDS:
-                yield m.log_time / 1e9, msg
+    # camera frames are kept for people to look at, not an input of fusion
+    for m in scan_messages(path, lambda topic, schema: schema != IMAGE_SCHEMA):
+        try:
+            info, msg = decode(m.topic, m.data)
+        except WireError:
+            bad += 1
+            continue
+        if info.kind in INPUT_KINDS:
+            yield m.log_time / 1e9, msg
     if bad:
         log.warning("%s: %d recorded messages are not wire messages of walkout (skipped)", path, bad)
 
@@ -505,8 +506,26 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.002)
 
 
+@contextmanager
+def _settled_heap() -> Iterator[None]:
+    """Keep the objects alive before a replay (modules, schemas, the caller's data) out of the garbage
+    collector's sight while it runs: a replay makes many small long-lived objects (tracks, paths), and every
+    full collection would walk the whole heap again.  Undone at the end, so nothing is kept from collection."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | None = None) -> ReplayResult:
     """Replay ``source`` into fusion and write ``run_dir`` (see the module docstring)."""
+    with _settled_heap():
+        return _replay(source, run_dir, options)
+
+
+def _replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | None) -> ReplayResult:
     opts = options or ReplayOptions()
     say = opts.progress or (lambda s: None)
     run_dir = Path(run_dir)
@@ -535,7 +554,8 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
     ft, pub, rt, bus_desc = _transports(store_id, opts, run_tag)
     info["transport"] = bus_desc
     fusion = ReplayFusion(store, db, ft, payments, opts.fusion_config,
-                          ServiceSettings(device="fusion", create_accounts=True, inbox_relaxed=False), floor_hz=opts.floor_hz,
+                          ServiceSettings(device="fusion", create_accounts=True, inbox_relaxed=False,
+                                          snapshot_every_s=math.inf), floor_hz=opts.floor_hz,
                           span=src.span)
     if opts.keep_evidence:
         fusion.engine.evidence_log = {}
@@ -560,8 +580,11 @@ def replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | Non
                 ahead = w0 + (pub_t - t0) / opts.speed - time.time()
                 if ahead > 0:
                     time.sleep(ahead)
-            kind, field_name = KIND_OF[type(msg)]
-            pub.publish(kind, getattr(msg, field_name), msg)
+            if opts.in_process:
+                fusion.offer(msg)  # the bus would only encode it and hand the same model over
+            else:
+                kind, field_name = KIND_OF[type(msg)]
+                pub.publish(kind, getattr(msg, field_name), msg)
             writer.message(msg)
             n_pub += 1
             if not opts.in_process and n_pub % 50 == 0:
