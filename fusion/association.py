@@ -353,10 +353,11 @@ def _reach_interval(o: np.ndarray, d: np.ndarray, body: np.ndarray, reach: float
 def wrist_log_score(v: float, cfg: AssociationConfig) -> float:
     """Log-likelihood of a hand at signed distance ``v`` from the lanes having done the event: rising with
     the depth inside (up to ``inside_cap_m``, so a hand in the middle of a lane beats one at its edge),
-    falling fast outside."""
+    falling outside (at ``outside_scale_m``: a picking hand is often hidden, and a bystander's a little off the
+    lane says little)."""
     depth = min(max(-v, 0.0), cfg.inside_cap_m)
     out = min(max(v, 0.0), cfg.outside_cap_m)  # beyond that: no hand seen at the lane, whatever the distance
-    return depth / cfg.inside_scale_m - out / cfg.inside_scale_m - 0.5 * (out / cfg.wrist_sd_m) ** 2
+    return depth / cfg.inside_scale_m - out / cfg.outside_scale_m - 0.5 * (out / cfg.wrist_sd_m) ** 2
 
 
 def evidence_window(t_start: float, t_end: float, t_step: float | None, cfg: AssociationConfig

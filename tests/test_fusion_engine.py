@@ -579,12 +579,14 @@ def _picker_with_mislocated_hand() -> list:
                    shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
 
 
-@pytest.mark.parametrize("far, picker, decision", [(0.45, "acct-alice", "charge"), (0.3, "acct-bob", "hold")])
+@pytest.mark.parametrize("far, picker, decision", [(0.45, "acct-alice", "hold"), (0.3, "acct-bob", "hold")])
 def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it(far, picker, decision):
     """The exclusion (both wrists located away from the lanes during the event) counts wrists beyond
     ``exclusion_far_m``: at the default 0.45 m, Alice's hands located 0.25-0.35 m off the lane do not rule her
-    out, and she, nearer the lane, is likelier than Bob 0.9 m back; counting from 0.3 m, they did, and the
-    pick went to Bob, whose hands no camera saw (held for review: no hand of his was seen at the lane)."""
+    out, and she, nearer the lane, is likelier than Bob 0.9 m back (held for review all the same: a hand seen
+    0.28 m off the lane's approach is little more than no hand seen, ``outside_scale_m``); counting from 0.3 m,
+    they did, and the pick went to Bob, whose hands no camera saw (held: no hand of his was seen at the
+    lane)."""
     cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far}})
     _, effects = run(_picker_with_mislocated_hand(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)

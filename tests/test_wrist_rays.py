@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from fusion.association import WristEvidence
+from fusion.association import WristEvidence, wrist_log_score
+from fusion.config import AssociationConfig
 
 
 @pytest.mark.parametrize("k, mean, expected", [
@@ -29,3 +30,16 @@ def test_with_fewer_located_instants_than_k_the_one_camera_bounds_count(tri, sin
     got = ev.distance(k, mean=True)
     assert got == (None if expected is None else pytest.approx(expected))
 
+
+@pytest.mark.parametrize("outside_scale, d, expected", [
+    (0.1, -0.05, 0.05 / 0.02),  # depth into the lane earns credit at the depth scale ...
+    (0.1, -0.5, 0.1 / 0.02),  # ... up to inside_cap_m
+    (0.1, 0.1, -0.1 / 0.1 - 0.5),  # outside: lost at its own scale, and the Gaussian term
+    (0.02, 0.1, -0.1 / 0.02 - 0.5),  # (as steep as the credit inside: the rule before 2026-12-02)
+    (0.02, -0.05, 0.05 / 0.02),
+    (0.1, 0.9, -0.3 / 0.1 - 0.5 * 9),  # beyond outside_cap_m: all the same
+])
+def test_the_wrist_score_credits_depth_and_costs_distance_outside(outside_scale, d, expected):
+    cfg = AssociationConfig(inside_scale_m=0.02, inside_cap_m=0.1, outside_cap_m=0.3, wrist_sd_m=0.1,
+                            outside_scale_m=outside_scale)
+    assert wrist_log_score(d, cfg) == pytest.approx(expected)
