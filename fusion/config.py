@@ -135,11 +135,13 @@ class AssociationConfig(_Cfg):
                                 description="A hand deeper inside the lane than this earns no more credit")
     inside_scale_m: float = Field(0.02, gt=0, title="Depth scale",
                                   description="Log-likelihood gained per this many metres of depth into the lane")
-    outside_scale_m: float = Field(0.1, gt=0, title="Outside scale",
+    outside_scale_m: float = Field(0.04, gt=0, title="Outside scale",
                                    description="Log-likelihood lost per this many metres the nearest hand stayed "
                                                "outside the lane's approach (gentler than the depth credit: a "
-                                               "picking hand is often hidden, and 0.1 m against 0.2 m outside "
-                                               "says little about who reached in)")
+                                               "picking hand is often hidden, and a bystander's hand located a "
+                                               "little off the lane says little about who reached in; much "
+                                               "gentler lets the exclusion outweigh the detector's misplaced "
+                                               "wrists of the true picker)")
     outside_cap_m: float = Field(0.3, gt=0, title="Outside limit",
                                  description="Wrist distances beyond this all mean 'no hand seen at the lane'")
     exclusion_weight: float = Field(12.0, ge=0, title="Exclusion weight",

@@ -117,3 +117,17 @@ def test_score_command_prints_the_table_and_json(study: Path, capsys: pytest.Cap
     got = json.loads(capsys.readouterr().out)
     assert got["reproduced"] == got["decided"] > 0
     assert set(got) >= {"recorded", "now", "margins", "changed"}
+
+
+@pytest.mark.slow
+def test_rendered_sessions_are_recorded_through_the_camera_pipeline(tmp_path: Path) -> None:
+    """``--perception onnx``: the evidence of the real detector's wrists, re-decided as the engine decided."""
+    smoke = SESSION.parent / "smoke"
+    record_session(smoke, tmp_path, perception="onnx")
+    sessions = load(tmp_path)
+    assert sessions["smoke"]["perception"] == "onnx"
+    events = sessions["smoke"]["events"]
+    assert events and all(r["candidates"] for r in events)
+    assert any(r["true_shopper"] for r in events)
+    same, total = reproduced(sessions, fusion_config({}).association)
+    assert same == total == len(events)

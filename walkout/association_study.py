@@ -2,10 +2,12 @@
 re-decide every event offline under other association settings in seconds.
 
     python -m walkout.association_study record SESSION... --out DIR [--jobs 2] [--set KEY=VALUE ...]
+                                               [--perception truth|onnx]
     python -m walkout.association_study score DIR [--set association.exclusion_weight=14 ...] [--json]
 
-``record`` replays each session in-process on truth perception (``walkout replay --in-process``) with the
-engine keeping each event's evidence (:class:`fusion.association.EventEvidence`: per candidate the body
+``record`` replays each session in-process on truth perception (``walkout replay --in-process``; with
+``--perception onnx``, rendered sessions through the real camera pipeline and shelf gateway) with the engine
+keeping each event's evidence (:class:`fusion.association.EventEvidence`: per candidate the body
 distance and the wrists' per-instant distances), evaluates the run, and writes ``DIR/NAME.json``: per event the
 evidence, who might have done it, what the engine decided, the true shopper and their visit's party, and for
 each candidate the true shopper they were following at the event (the evaluation's :class:`Whereabouts`).
@@ -140,8 +142,8 @@ def following(where: Whereabouts, fused: str, t: float) -> str | None:
     return who if 2 * n > len(FOLLOW_AT_S) else None
 
 
-def record_session(session: str | Path, out_dir: str | Path, overrides: dict[str, Any] | None = None
-                   ) -> Path:
+def record_session(session: str | Path, out_dir: str | Path, overrides: dict[str, Any] | None = None,
+                   perception: str = "truth") -> Path:
     """Replay ``session`` in-process on truth perception keeping the association evidence, label it with the
     truth, and write ``out_dir/NAME.json`` (NAME: the session folder's name)."""
     from walkout.replay import ReplayOptions, replay
@@ -152,7 +154,7 @@ def record_session(session: str | Path, out_dir: str | Path, overrides: dict[str
     overrides = overrides or {}
     with tempfile.TemporaryDirectory(prefix="assoc-study-") as tmp:
         run_dir = Path(tmp) / "run"
-        res = replay(session, run_dir, ReplayOptions(in_process=True, keep_evidence=True,
+        res = replay(session, run_dir, ReplayOptions(in_process=True, keep_evidence=True, perception=perception,
                                                      fusion_config=fusion_config(overrides)))
         ev = evaluate(session, run_dir)
         where = Whereabouts(ev.truth, session / "truth" / "trajectories.csv", run_dir / "floor_tracks.csv")
@@ -172,6 +174,7 @@ def record_session(session: str | Path, out_dir: str | Path, overrides: dict[str
     out = Path(out_dir) / f"{session.name}.json"
     out.write_text(json.dumps({
         "session": str(session), "preset": ev.truth.get("session", {}).get("preset"), "overrides": overrides,
+        "perception": perception,
         "receipts": {k: m.get(k) for k in ("receipt_f1", "review_rate", "wrong_charge_rate", "visits")},
         "events": rows}) + "\n")
     return out
@@ -318,7 +321,7 @@ def _table(summary: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ command
-def _record_one(args: tuple[str, str, dict[str, Any]]) -> str:
+def _record_one(args: tuple[str, str, dict[str, Any], str]) -> str:
     return str(record_session(*args))
 
 
@@ -332,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--jobs", type=int, default=2, help="sessions replayed at once")
     rec.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="fusion setting for the replays, e.g. association.approach_m=0.1 (repeatable)")
+    rec.add_argument("--perception", choices=("truth", "onnx"), default="truth",
+                     help="truth perception (default) or the ONNX camera pipeline and the shelf gateway on a "
+                          "rendered session's frames and load cells")
     sc = sub.add_parser("score", help="re-decide the recorded events under other association settings")
     sc.add_argument("dir", help="a folder written by record")
     sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "record":
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        jobs = [(s, str(out), overrides) for s in args.sessions]
+        jobs = [(s, str(out), overrides, args.perception) for s in args.sessions]
         with ProcessPoolExecutor(max(1, args.jobs)) as pool:
             for path in pool.map(_record_one, jobs):
                 print(path, flush=True)
