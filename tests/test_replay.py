@@ -133,6 +133,23 @@ def test_a_database_with_receipts_is_refused(smoke_run: Path, tmp_path: Path) ->
         replay(SESSIONS / "smoke", tmp_path, ReplayOptions(in_process=True, db=str(smoke_run / "fusion.db")))
 
 
+def test_a_message_fusion_fails_on_stops_the_replay_with_a_clear_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusion.engine import FusionEngine
+    from wire.messages import ShelfEventMsg
+
+    offer = FusionEngine.offer
+
+    def broken(self, msg):
+        if isinstance(msg, ShelfEventMsg):
+            raise ZeroDivisionError("a bug in fusion")
+        return offer(self, msg)
+
+    monkeypatch.setattr(FusionEngine, "offer", broken)
+    with pytest.raises(ReplayError, match=r"fusion failed on a ShelfEventMsg at \d+\.\d{3} .*a bug in fusion"):
+        replay(SESSIONS / "smoke", tmp_path / "run", ReplayOptions(in_process=True))
+
+
 def test_onnx_perception_needs_frames(tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match="no camera frames"):
         replay(SESSIONS / "hard-100s", tmp_path, ReplayOptions(in_process=True, perception="onnx"))

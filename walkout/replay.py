@@ -581,7 +581,12 @@ def _replay(source: str | Path, run_dir: str | Path, options: ReplayOptions | No
                 if ahead > 0:
                     time.sleep(ahead)
             if opts.in_process:
-                fusion.offer(msg)  # the bus would only encode it and hand the same model over
+                try:
+                    fusion.offer(msg)  # the bus would only encode it and hand the same model over
+                except Exception as exc:  # what a transport would count as failed, and the end below report
+                    log.exception("fusion failed on %s at %.3f", type(msg).__name__, pub_t)
+                    raise ReplayError(f"fusion failed on a {type(msg).__name__} at {pub_t:.3f} (its handler "
+                                      f"raised {exc!r}; see the log)") from exc
             else:
                 kind, field_name = KIND_OF[type(msg)]
                 pub.publish(kind, getattr(msg, field_name), msg)
