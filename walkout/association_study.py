@@ -144,8 +144,9 @@ def following(where: Whereabouts, fused: str, t: float) -> str | None:
 
 def record_session(session: str | Path, out_dir: str | Path, overrides: dict[str, Any] | None = None,
                    perception: str = "truth") -> Path:
-    """Replay ``session`` in-process on truth perception keeping the association evidence, label it with the
-    truth, and write ``out_dir/NAME.json`` (NAME: the session folder's name)."""
+    """Replay ``session`` in-process on ``perception`` (truth, or onnx for a rendered session) keeping the
+    association evidence, label it with the truth, and write ``out_dir/NAME.json`` (NAME: the session folder's
+    name)."""
     from walkout.replay import ReplayOptions, replay
 
     session = Path(session)

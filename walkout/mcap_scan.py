@@ -52,9 +52,9 @@ def scan_messages(path: str | Path, keep: Callable[[str, str], bool] | None = No
             summary = reader.get_summary()
         except McapError:
             summary = None
-        chunks = sorted(summary.chunk_indexes, key=lambda c: (c.message_start_time, c.chunk_start_offset)) \
-            if summary is not None else []
-        if summary is None or not chunks or not _fast_readable(chunks):
+        chunks = sorted(summary.chunk_indexes if summary is not None else [],
+                        key=lambda c: (c.message_start_time, c.chunk_start_offset))
+        if not chunks or not _fast_readable(chunks):
             yield from _library_scan(f, keep)
             return
         wanted = {cid: (ch.topic, _schema_name(summary.schemas.get(ch.schema_id)))
