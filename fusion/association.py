@@ -5,7 +5,8 @@ Evidence per shopper, over the event's window (padded for clock skew):
   body, so only that segment of the ray counts.  At one instant, several cameras' rays of the same wrist bound
   the wrist's distance to the lane from below (it lies on all of them); the largest of those bounds is taken,
   then the smallest over the window (the moment the hand was closest).
-- body: the horizontal distance of the shopper's floor position to the lanes (cheap prior; arms are short).
+- body: the horizontal distance of the shopper's floor position to the lanes when the weight stepped (cheap
+  prior; arms are short, and a shopper walking past the lane a second before the step was not at it).
 Scores are Gaussian in those distances; the probabilities are the normalised scores.  The winner's
 probability is the line's confidence; the margin to the runner-up decides whether the line is uncertain.
 
@@ -22,6 +23,7 @@ that kept evidence can be weighed again under other settings (``walkout.associat
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -32,6 +34,7 @@ from fusion.config import AssociationConfig
 from fusion.floor import FloorTracker
 
 INSTANT_S = 0.06  # observations this close in time count as one instant
+PROFILE_S = np.arange(-3.0, 3.01, 0.25)  # offsets from the step (or the event's middle) of Candidate.profile
 
 
 @dataclass
@@ -380,6 +383,24 @@ class Candidate:
     shopper: str
     body: float
     wrists: WristEvidence
+    # the body's horizontal distance to the lanes at PROFILE_S around the step (nan where not tracked)
+    profile: np.ndarray = field(default_factory=lambda: np.full(len(PROFILE_S), np.nan))
+
+
+def body_profile(path: list[tuple[float, float, float]], boxes: list[Box], t_ref: float) -> np.ndarray:
+    """The body's horizontal distance to ``boxes`` at ``t_ref + PROFILE_S`` (nan outside the path's times)."""
+    ts = t_ref + PROFILE_S
+    # the path is in time order: only the stretch around the offsets (and a sample either side) is needed
+    lo = max(bisect.bisect_left(path, (ts[0],)) - 1, 0)
+    hi = bisect.bisect_right(path, (ts[-1], math.inf, math.inf)) + 1
+    part = path[lo:hi]
+    out = np.full(len(ts), np.nan)
+    if not part:
+        return out
+    inside = (ts >= part[0][0]) & (ts <= part[-1][0])
+    if inside.any():
+        out[inside] = floor_box_distance(_path_at(part, ts[inside]), boxes)
+    return out
 
 
 @dataclass
@@ -404,6 +425,7 @@ def gather(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float, 
     t0, t1, _, _ = evidence_window(t_start, t_end, t_step, cfg)
     approach = approach_boxes(boxes, cfg.approach_m)
     rival_approach = approach_boxes(rivals, cfg.approach_m) if rivals else None
+    t_ref = 0.5 * (t_start + t_end) if t_step is None else t_step
     out = []
     for slot, info in enumerate(floor.info):
         pts = [p for p in info.path if t0 <= p[0] <= t1]
@@ -413,8 +435,15 @@ def gather(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float, 
         if body > cfg.candidate_radius_m:
             continue
         out.append(Candidate(info.id, body, wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach,
-                                                            boxes)))
+                                                            boxes), body_profile(info.path, boxes, t_ref)))
     return EventEvidence(t_start, t_end, t_step, min(b.min[2] for b in boxes), bool(rivals), out)
+
+
+def body_at_step(c: Candidate, cfg: AssociationConfig) -> float:
+    """The body's distance to the lanes: its nearest within ``body_at_step_s`` of the step (a shopper walking
+    past the lane a second before it was not at it), else over the whole evidence window."""
+    near = c.profile[np.abs(PROFILE_S) <= cfg.body_at_step_s]
+    return float(np.nanmin(near)) if cfg.body_at_step_s > 0 and np.isfinite(near).any() else c.body
 
 
 def weigh(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None = None) -> Association:
@@ -433,8 +462,9 @@ def weigh(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None =
         d_k = c.wrists.distance(cfg.sibling_persist_instants if ev.siblings else cfg.persist_instants,
                                 cfg.persist_mean)
         dw = cfg.no_wrist_distance_m if d_k is None else d_k
-        evidence[c.shopper] = (dw, c.body, c.wrists.cameras)
-        body_excess = max(0.0, c.body - cfg.body_free_m)
+        body = body_at_step(c, cfg)
+        evidence[c.shopper] = (dw, body, c.wrists.cameras)
+        body_excess = max(0.0, body - cfg.body_free_m)
         # hands demonstrably elsewhere: both located away from the lane, or the body beyond arm's reach of it
         # all through the window (a hand the cameras did not see cannot have been in the lane either)
         excl = 1.0 if c.body > cfg.reach_m else c.wrists.excluded(x0, x1, far, at_lanes=strict)

@@ -170,11 +170,15 @@ class AssociationConfig(_Cfg):
                                                       "changed at once: two neighbours' hands at two lanes side "
                                                       "by side), where one instant of one hand triangulated "
                                                       "across the lane border must not decide")
-    body_free_m: float = Field(0.4, ge=0, title="Body free distance",
-                               description="Body-to-lane distance that costs nothing (where no hand is seen at "
-                                           "the lane, who stood nearer is what is left to go by: two shoppers "
-                                           "0.4 and 0.7 m from it used to tie)")
-    body_sd_m: float = Field(0.35, gt=0, title="Body sd", description="Spread beyond body_free_m")
+    body_free_m: float = Field(0.1, ge=0, title="Body free distance",
+                               description="Body-to-lane distance at the step that costs nothing (where no hand "
+                                           "is seen at the lane, who stood nearer is what is left to go by)")
+    body_sd_m: float = Field(0.15, gt=0, title="Body sd", description="Spread beyond body_free_m")
+    body_at_step_s: float = Field(0.5, ge=0, le=3.0, title="Body at the step",
+                                  description="Judge the body's distance within this of the weight's step (of "
+                                              "the event's middle, for a gateway that sends no step time): a "
+                                              "shopper walking past the lane a second before was not at it "
+                                              "(0: over the whole evidence window; at most 3 s)")
     no_wrist_distance_m: float = Field(0.45, gt=0, title="Unseen wrist distance",
                                        description="Distance assumed for a shopper whose wrists were never seen")
     min_margin: float = Field(0.4, ge=0, le=1, title="Minimum margin",

@@ -579,15 +579,21 @@ def _picker_with_mislocated_hand() -> list:
                    shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
 
 
-@pytest.mark.parametrize("far, picker, decision", [(0.45, "acct-alice", "hold"), (0.3, "acct-bob", "hold")])
-def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it(far, picker, decision):
+@pytest.mark.parametrize("far, body_free, picker, decision", [
+    (0.45, 0.1, "acct-alice", "charge"),
+    (0.3, 0.1, "acct-alice", "charge"),  # excluded at times, but Bob stood 0.35 m farther back
+    (0.3, 0.4, "acct-bob", "hold"),
+])
+def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it(far, body_free, picker, decision):
     """The exclusion (both wrists located away from the lanes during the event) counts wrists beyond
     ``exclusion_far_m``: at the default 0.45 m, Alice's hands located 0.25-0.35 m off the lane do not rule her
-    out, and she, nearer the lane, is likelier than Bob 0.9 m back (held for review all the same: a hand seen
-    0.28 m off the lane's approach is little more than no hand seen, ``outside_scale_m``); counting from 0.3 m,
-    they did, and the pick went to Bob, whose hands no camera saw (held: no hand of his was seen at the
-    lane)."""
-    cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far}})
+    out, and she, standing 0.35 m nearer the lane when the weight stepped, is the picker (a hand seen 0.28 m off
+    the lane's approach is little more than no hand seen, ``outside_scale_m``: the bodies decide).  Counting
+    from 0.3 m, they rule her out at times, yet Bob stood 0.9 m back; only with the body's prior of old (no cost
+    up to 0.4 m, a spread of 0.35 m) did the pick go to Bob, whose hands no camera saw (held: no hand of his
+    was seen at the lane)."""
+    body = {"body_free_m": body_free, "body_sd_m": 0.15 if body_free == 0.1 else 0.35}
+    cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far, **body}})
     _, effects = run(_picker_with_mislocated_hand(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)
     assert r[picker].decision == decision
@@ -622,14 +628,17 @@ def _picker_seen_with_hands_at_the_hip() -> list:
                    shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
 
 
-@pytest.mark.parametrize("reach, picker", [(1.0, "acct-alice"), (2.0, "acct-bob")])
-def test_a_shopper_beyond_arms_reach_of_the_lane_did_not_do_it_whatever_hands_were_seen(reach, picker):
+@pytest.mark.parametrize("reach, body_free, picker", [(1.0, 0.1, "acct-alice"), (1.0, 0.4, "acct-alice"),
+                                                      (2.0, 0.1, "acct-alice"), (2.0, 0.4, "acct-bob")])
+def test_a_shopper_beyond_arms_reach_of_the_lane_did_not_do_it_whatever_hands_were_seen(reach, body_free, picker):
     """Both of Alice's hands seen away from the lane all through the event count against her (the
     exclusion); Bob's, seen only one at a time, would count against him half as much -- but he stood
     farther from the lane than an arm reaches (``reach_m``, 1 m), so his unseen hand was not in the lane
-    either: the pick is Alice's.  With a 2 m reach, his unseen hand could have been, and the pick went to the
-    shopper 1.3 m away."""
-    cfg = FusionConfig.model_validate({"association": {"reach_m": reach}})
+    either: the pick is Alice's.  With a 2 m reach, his unseen hand could have been; he still stood 1 m farther
+    from the lane than she did when the weight stepped (the body's prior), and only with the prior of old (no
+    cost up to 0.4 m, a spread of 0.35 m) did the pick go to the shopper 1.3 m away."""
+    body = {"body_free_m": body_free, "body_sd_m": 0.15 if body_free == 0.1 else 0.35}
+    cfg = FusionConfig.model_validate({"association": {"reach_m": reach, **body}})
     _, effects = run(_picker_seen_with_hands_at_the_hip(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)
     if picker == "acct-alice":

@@ -415,6 +415,7 @@ def test_cart_lines_are_append_only(db: Database) -> None:
         ("floor:\n  gate_chi2: 0\n", "floor.gate_chi2"),
         ("checkout:\n  hold_amount: 12.5\n", "checkout.hold_amount"),
         ("association:\n  frobnicate: 1\n", "association.frobnicate"),
+        ("association:\n  body_at_step_s: 4\n", "association.body_at_step_s"),  # beyond the body's profile
     ],
 )
 def test_bad_fusion_config_names_the_field(tmp_path: Path, text: str, field: str) -> None:
