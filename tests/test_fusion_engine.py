@@ -579,6 +579,11 @@ def _picker_with_mislocated_hand() -> list:
                    shelf_event(STORE, "e1", "L2", 8.2, 9.9, 1)]
 
 
+def _body_prior(body_free: float) -> dict[str, float]:
+    """The body's prior: today's (free to 0.1 m, spread 0.15 m) or the gentle one of old (0.4 m, 0.35 m)."""
+    return {"body_free_m": body_free, "body_sd_m": {0.1: 0.15, 0.4: 0.35}[body_free]}
+
+
 @pytest.mark.parametrize("far, body_free, picker, decision", [
     (0.45, 0.1, "acct-alice", "charge"),
     (0.3, 0.1, "acct-alice", "charge"),  # excluded at times, but Bob stood 0.35 m farther back
@@ -592,8 +597,7 @@ def test_a_shopper_at_the_lane_is_not_excluded_by_wrists_located_a_little_off_it
     from 0.3 m, they rule her out at times, yet Bob stood 0.9 m back; only with the body's prior of old (no cost
     up to 0.4 m, a spread of 0.35 m) did the pick go to Bob, whose hands no camera saw (held: no hand of his
     was seen at the lane)."""
-    body = {"body_free_m": body_free, "body_sd_m": 0.15 if body_free == 0.1 else 0.35}
-    cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far, **body}})
+    cfg = FusionConfig.model_validate({"association": {"exclusion_far_m": far, **_body_prior(body_free)}})
     _, effects = run(_picker_with_mislocated_hand(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)
     assert r[picker].decision == decision
@@ -637,8 +641,7 @@ def test_a_shopper_beyond_arms_reach_of_the_lane_did_not_do_it_whatever_hands_we
     either: the pick is Alice's.  With a 2 m reach, his unseen hand could have been; he still stood 1 m farther
     from the lane than she did when the weight stepped (the body's prior), and only with the prior of old (no
     cost up to 0.4 m, a spread of 0.35 m) did the pick go to the shopper 1.3 m away."""
-    body = {"body_free_m": body_free, "body_sd_m": 0.15 if body_free == 0.1 else 0.35}
-    cfg = FusionConfig.model_validate({"association": {"reach_m": reach, **body}})
+    cfg = FusionConfig.model_validate({"association": {"reach_m": reach, **_body_prior(body_free)}})
     _, effects = run(_picker_seen_with_hands_at_the_hip(), FusionEngine(STORE, cfg))
     r = _only_l2_pick_went_to(effects, picker)
     if picker == "acct-alice":
