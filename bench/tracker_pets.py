@@ -48,9 +48,11 @@ GT_FILE = "PETS09-S2L1_View001_gt_from_xml.txt"
 DET_FILES = ("dets_gt_noisy.txt", "dets_hog_upscaled.txt")
 PETS_FPS = 10.0
 OURS = "walkout"
+OURS_COLOUR = "walkout+colour"  # ours given each detection's chest colour (bench.tracker_sim; PETS has none)
 
-# a frame step: (boxes (N, 4) xyxy, scores (N,)) -> (ids (M,), boxes (M, 4), scores (M,))
-Step = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# a frame step: (boxes (N, 4) xyxy, scores (N,), features (N, F) or None) -> (ids (M,), boxes (M, 4), scores (M,));
+# only ours reads the features (the chest colours bench.tracker_sim measures); the peers take boxes and scores
+Step = Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class PeerMissing(RuntimeError):
@@ -85,8 +87,8 @@ def normalise_scores(scores: np.ndarray, how: str = "auto") -> tuple[np.ndarray,
 def _ours(fps: float) -> Step:
     tracker = Tracker(TrackerConfig())
 
-    def step(boxes: np.ndarray, scores: np.ndarray):
-        out = tracker.update(Detections(boxes, scores))
+    def step(boxes: np.ndarray, scores: np.ndarray, features: np.ndarray | None = None):
+        out = tracker.update(Detections(boxes, scores, features=features))
         return out.ids, out.boxes, out.scores
 
     return step
@@ -124,7 +126,7 @@ def _ultralytics(kind: str, fps: float) -> Step:
     cfg.update(gmc_method="none", with_reid=False)
     tracker = (BOTSORT if kind == "botsort" else BYTETracker)(SimpleNamespace(**cfg))
 
-    def step(boxes: np.ndarray, scores: np.ndarray):
+    def step(boxes: np.ndarray, scores: np.ndarray, features: np.ndarray | None = None):
         res = tracker.update(_UltralyticsBoxes(boxes, scores.astype(np.float32), np.zeros(len(scores))))
         res = np.asarray(res, dtype=float).reshape(-1, 8)  # x1, y1, x2, y2, id, score, cls, det index
         return res[:, 4].astype(np.int64), res[:, :4], res[:, 5]
@@ -141,7 +143,7 @@ def _roboflow(kind: str, fps: float) -> Step:
     tracker = (ByteTrackTracker if kind == "bytetrack" else SORTTracker)(frame_rate=fps)
     tracker.reset()  # clears the tracks and the id counter
 
-    def step(boxes: np.ndarray, scores: np.ndarray):
+    def step(boxes: np.ndarray, scores: np.ndarray, features: np.ndarray | None = None):
         det = sv.Detections(xyxy=boxes.reshape(-1, 4), confidence=scores, class_id=np.zeros(len(scores), int))
         res = tracker.update(det)
         keep = res.tracker_id >= 0  # unconfirmed detections come back with id -1
@@ -152,6 +154,7 @@ def _roboflow(kind: str, fps: float) -> Step:
 
 TRACKERS: dict[str, Callable[[float], Step]] = {
     OURS: _ours,
+    OURS_COLOUR: _ours,
     "ultralytics-bytetrack": lambda fps: _ultralytics("bytetrack", fps),
     "ultralytics-botsort": lambda fps: _ultralytics("botsort", fps),
     "roboflow-bytetrack": lambda fps: _roboflow("bytetrack", fps),
@@ -184,14 +187,16 @@ class Result:
         return out
 
 
-def run_once(step: Step, dets: MotSequence, last_frame: int) -> tuple[MotSequence, float, float]:
-    """Feed ``dets`` frame by frame to ``step``; its output, and the mean wall and CPU ms per frame."""
+def run_once(step: Step, dets: MotSequence, last_frame: int, features: np.ndarray | None = None
+             ) -> tuple[MotSequence, float, float]:
+    """Feed ``dets`` (and ``features``, a row per detection, if given) frame by frame to ``step``; its output,
+    and the mean wall and CPU ms per frame."""
     frames, ids, boxes, scores = [], [], [], []
     wall = cpu = 0.0
     for frame, rows in dets.per_frame(1, last_frame):
         b, s = dets.boxes[rows], dets.scores[rows]
         w0, c0 = time.perf_counter(), time.process_time()
-        tid, tb, ts = step(b, s)
+        tid, tb, ts = step(b, s, None if features is None else features[rows])
         wall += time.perf_counter() - w0
         cpu += time.process_time() - c0
         frames.append(np.full(len(tid), frame))
@@ -214,10 +219,16 @@ def bench_file(
     out: Path | None = None,
     score_map: str = "auto",
     fps: float = PETS_FPS,
+    features: dict[str, np.ndarray] | None = None,
 ) -> list[Result]:
     """Run each named tracker ``repeat`` times on one detection file, the trackers taking turns (so a change in
-    the machine's load hits them alike); one :class:`Result` per tracker, in the order of ``names``."""
+    the machine's load hits them alike); one :class:`Result` per tracker, in the order of ``names``.
+    ``features``: tracker name -> appearance features of the file's detections (a row per detection line, in
+    the file's order, which must be by frame) for the trackers given them; the others get none."""
     raw = read_mot(det_path)
+    for name, f in (features or {}).items():
+        if len(f) != len(raw.frames):
+            raise ValueError(f"{det_path}: {len(f)} feature rows for {len(raw.frames)} detections ({name})")
     scores, how = normalise_scores(raw.scores, score_map)
     dets = MotSequence(raw.frames, raw.ids, raw.boxes, scores)
     last = max(gt.last_frame, dets.last_frame)
@@ -229,7 +240,7 @@ def bench_file(
             if name in errors:
                 continue
             try:
-                seq, wall, cpu = run_once(TRACKERS[name](fps), dets, last)
+                seq, wall, cpu = run_once(TRACKERS[name](fps), dets, last, (features or {}).get(name))
             except PeerMissing as exc:
                 errors[name] = str(exc)
                 continue
@@ -260,7 +271,7 @@ def summary(results: list[Result]) -> list[dict]:
     for dets in dict.fromkeys(r.dets for r in results):
         rows = [r for r in results if r.dets == dets and r.metrics is not None]
         ours = next((r for r in rows if r.tracker == OURS), None)
-        peers = [r for r in rows if r.tracker != OURS]
+        peers = [r for r in rows if r.tracker not in (OURS, OURS_COLOUR)]
         if ours is None or not peers:
             continue
         hota = max(peers, key=lambda r: r.metrics.hota)
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--scores", choices=SCORE_MAPS, default="auto", help="score mapping, see normalise_scores")
     p.add_argument("--fps", type=float, default=PETS_FPS, help="video frame rate, for the peers that take it")
-    p.add_argument("--trackers", nargs="+", choices=list(TRACKERS), default=list(TRACKERS))
+    p.add_argument("--trackers", nargs="+", choices=[t for t in TRACKERS if t != OURS_COLOUR],
+                   default=[t for t in TRACKERS if t != OURS_COLOUR])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     det_paths = args.dets or [PETS / name for name in DET_FILES]

@@ -7,7 +7,9 @@ SESSION is a rendered simulator session (``walkout sim`` without ``--no-frames``
 (``edge/detector.py``, the model the edge process runs, at ``--conf``, so the trackers' own second stages get the
 low-score boxes) runs once over the session's frames; its boxes are written as a MOT detection file and every
 tracker gets those identical detections frame by frame (:func:`bench.tracker_pets.bench_file`), scored against
-the session's per-camera truth (``truth/{camera}.txt``, every labelled box) with :mod:`walkout.mot`.  The rows
+the session's per-camera truth (``truth/{camera}.txt``, every labelled box) with :mod:`walkout.mot`.  Ours
+runs twice: on the boxes alone as the peers (``walkout``), and given each detection's chest colour as the edge
+process gives it (``walkout+colour``, measured on the frame when the detector ran).  The rows
 are per camera, then pooled: HOTA, IDF1 and MOTA averaged over the cameras weighted by their true boxes, ID
 switches summed.  The ultralytics peers need torch: run it with the training environment (``.venv-train``), as
 ``bench.tracker_pets``.
@@ -24,37 +26,47 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.tracker_pets import TRACKERS, Result, bench_file, summary, table
+from bench.tracker_pets import OURS_COLOUR, TRACKERS, Result, bench_file, summary, table
 from walkout.evaluate import read_mot_rows  # the session's truth files, as walkout eval reads them
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "person_pose_int8.onnx"
+MIN_KEYPOINT_CONF = 0.3  # as the edge process (CameraPipeline's min_keypoint_conf)
 
 
-def detect_session(session: Path, cameras: list[str], model: Path, conf: float, out: Path) -> dict[str, Path]:
-    """Run the detector over every frame of ``cameras`` and write one MOT detection file per camera."""
+def detect_session(session: Path, cameras: list[str], model: Path, conf: float, out: Path
+                   ) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
+    """Run the detector over every frame of ``cameras`` and write one MOT detection file per camera (rows in
+    frame order); also each detection's chest colour as the edge pipeline gives it to the tracker (L*a*b* in
+    units of :data:`edge.appearance.CAMERA_SD`, a row per detection line; NaN: not measured)."""
+    from edge.appearance import CAMERA_SD
+    from edge.camera import detection_colours, keypoint_slots
     from edge.detector import Detector
     from edge.sources import McapSource, frame_batches
 
     src = McapSource(session / "session.mcap" if session.is_dir() else session, cameras)
     detector = Detector(model, conf=conf)
+    head = keypoint_slots(detector.keypoint_names).get("head")
     rows: dict[str, list[str]] = {c: [] for c in src.cameras}
+    colours: dict[str, list[np.ndarray]] = {c: [] for c in src.cameras}
     try:
         for batch in frame_batches([src], threading.Event(), speed=0.0):
             frames = [f for f in batch if f.image is not None]
             for f, d in zip(frames, detector.detect([f.image for f in frames]), strict=True):
                 for (x1, y1, x2, y2), s in zip(d.boxes.tolist(), d.scores.tolist(), strict=True):
                     rows[f.camera].append(f"{f.index},-1,{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},{s:.4f}")
+                colours[f.camera].append(detection_colours(f.image, d.boxes, d.keypoints, head, MIN_KEYPOINT_CONF))
     finally:
         src.close()
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    paths, feats = {}, {}
     for cam, lines in rows.items():
         paths[cam] = out / f"{cam}.txt"
         paths[cam].write_text("\n".join(lines) + "\n")
-    return paths
+        feats[cam] = np.concatenate([np.zeros((0, 3)), *colours[cam]]) / np.asarray(CAMERA_SD)
+    return paths, feats
 
 
 def pooled(results: list[Result], weights: dict[str, int]) -> list[dict]:
@@ -82,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: the INT8 one)")
     p.add_argument("--conf", type=float, default=0.1, help="detector score threshold (default 0.1)")
     p.add_argument("--repeat", type=int, default=3, help="runs per tracker; speed is their median")
-    p.add_argument("--trackers", nargs="+", choices=list(TRACKERS), default=list(TRACKERS))
+    p.add_argument("--trackers", nargs="+", choices=list(TRACKERS), default=list(TRACKERS),
+                   help=f"{OURS_COLOUR}: ours given the detections' chest colours, as in the edge process")
     p.add_argument("--out", type=Path, help="keep the detection files and every tracker's output here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = p.parse_args(argv)
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     work = args.out or Path(tempfile.mkdtemp(prefix="tracker_sim_"))
-    det_paths = detect_session(args.session, cams, args.model, args.conf, work / "dets")
+    det_paths, colours = detect_session(args.session, cams, args.model, args.conf, work / "dets")
     results: list[Result] = []
     weights: dict[str, int] = {}
     for cam in cams:
@@ -107,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         weights[det_paths[cam].name] = len(gt.frames)
         results += bench_file(det_paths[cam], gt, args.trackers, repeat=args.repeat,
                               out=work / "tracks" if args.out else None, score_map="raw",
-                              fps=float(json.loads((folder / "truth.json").read_text())["session"]["fps"]))
+                              fps=float(json.loads((folder / "truth.json").read_text())["session"]["fps"]),
+                              features={OURS_COLOUR: colours[cam]})
     pool = pooled(results, weights)
     if args.json:
         print(json.dumps({"session": str(folder), "model": str(args.model), "conf": args.conf,

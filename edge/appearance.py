@@ -24,6 +24,9 @@ NO_HEAD_Y = 0.4
 PATCH = 0.10  # half the side of the square patch, as a share of the box's longer side
 MIN_PIXELS = 9  # fewer pixels in the patch than this: no colour
 MIN_BOX_PX = 8  # a box whose longer side is shorter than this: no colour
+# spread of one person's colour (L*, a*, b*) in one camera's frames (python -m bench.appearance): the camera
+# tracker's unit of colour distance; fusion's ``colour_camera_sd`` is the same figure
+CAMERA_SD = (4.0, 2.0, 2.7)
 
 
 def torso_colours(image: np.ndarray, boxes: np.ndarray, heads: np.ndarray | None = None) -> np.ndarray:
@@ -71,4 +74,4 @@ def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(px, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(float)
 
 
-__all__ = ["bgr_to_lab", "torso_colours"]
+__all__ = ["CAMERA_SD", "bgr_to_lab", "torso_colours"]

@@ -31,6 +31,7 @@ The detector is anything with ``detect(images) -> list[Detections]`` and ``keypo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -45,7 +46,7 @@ from pydantic import ValidationError
 
 from calibration.camera import Camera, load_cameras
 from calibration.store import Store
-from edge.appearance import torso_colours
+from edge.appearance import CAMERA_SD, torso_colours
 from edge.detector import Detections
 from edge.projection import ProjectionConfig, floor_positions
 from edge.sources import RateLimitedWarning, SourceFrame
@@ -291,10 +292,17 @@ class CameraPipeline:
         self.counters.frames += 1
         self.counters.detections += len(det)
         t0 = time.perf_counter()
-        tracks = st.tracker.update(to_tracker_detections(det, self.min_box_px))
+        dets = to_tracker_detections(det, self.min_box_px)
+        lab = None
+        if self.tracker_config.appearance_range > 0 and len(dets):
+            dets, lab = self._with_colours(dets, f.image)
+            t0b = time.perf_counter()
+            self.times.colour += t0b - t0
+            t0 = t0b
+        tracks = st.tracker.update(dets)
         t1 = time.perf_counter()
         self.times.track += t1 - t0
-        built = self._tracks(cam, tracks, w, h, f.image)
+        built = self._tracks(cam, tracks, w, h, f.image, lab)
         dropped, st.dropped = st.dropped, 0
         t2 = time.perf_counter()
         try:
@@ -310,6 +318,15 @@ class CameraPipeline:
         self.counters.tracks += len(built)
         return msg
 
+    def _with_colours(self, dets: TrackerDetections, image: np.ndarray | None
+                      ) -> tuple[TrackerDetections, np.ndarray]:
+        """``dets`` with each detection's chest colour as its appearance feature (L*a*b* in units of one
+        person's spread in one camera, :data:`edge.appearance.CAMERA_SD`; NaN: not measured), and the colours
+        in L*a*b* (published with the tracks matched to them).  The feature keeps the tracker from swapping two
+        people of different shirts whose boxes overlap."""
+        lab = detection_colours(image, dets.boxes, dets.keypoints, self.slots.get("head"), self.min_keypoint_conf)
+        return dataclasses.replace(dets, features=lab / np.asarray(CAMERA_SD)), lab
+
     def _sized(self, st: _CameraState, w: int, h: int) -> Camera:
         cam = st.sized.get((w, h))
         if cam is None:
@@ -318,9 +335,11 @@ class CameraPipeline:
             cam = st.sized[(w, h)] = FastRayCamera.of(camera_for_size(st.camera, w, h))
         return cam
 
-    def _tracks(self, cam: Camera, tracks: Tracks, w: int, h: int, image: np.ndarray | None = None
-                ) -> list[Track]:
-        """Wire tracks for a frame's tracker output (with each track's upper-body colour from ``image``)."""
+    def _tracks(self, cam: Camera, tracks: Tracks, w: int, h: int, image: np.ndarray | None = None,
+                det_colours: np.ndarray | None = None) -> list[Track]:
+        """Wire tracks for a frame's tracker output, with each track's upper-body colour: that of the detection
+        it was matched to in this frame where ``det_colours`` (L*a*b*, one row per detection) has it, else
+        measured on ``image`` at the track's box."""
         m = len(tracks)
         if m == 0:
             return []
@@ -358,7 +377,16 @@ class CameraPipeline:
             heads_px = np.where(seen[:, None], head[:, :2], np.nan)
         t1 = time.perf_counter()
         self.times.project += t1 - t0
-        colours = torso_colours(image, boxes, heads_px).round(1).tolist()  # NaN rows: not measured (or no image)
+        colours_np = np.full((m, 3), np.nan)
+        measure = np.ones(m, bool)
+        if det_colours is not None:
+            matched = tracks.det_index >= 0
+            colours_np[matched] = det_colours[tracks.det_index[matched]]
+            measure = ~matched
+        if measure.any():
+            colours_np[measure] = torso_colours(image, boxes[measure],
+                                                None if heads_px is None else heads_px[measure])
+        colours = colours_np.round(1).tolist()  # NaN rows: not measured (or no image)
         t2 = time.perf_counter()
         self.times.colour += t2 - t1
         out: list[Track] = []
@@ -384,6 +412,18 @@ class CameraPipeline:
 
 
 _NO_DETECTIONS = TrackerDetections(np.zeros((0, 4)), np.zeros(0))
+
+
+def detection_colours(image: np.ndarray | None, boxes: np.ndarray, keypoints: np.ndarray | None,
+                      head_slot: int | None, min_conf: float) -> np.ndarray:
+    """Chest colour (L*a*b*, ``(n, 3)``, NaN rows: not measured) of each detection in ``image``, the patch
+    placed from its head keypoint (slot ``head_slot`` of ``keypoints`` (n, K, 3)) where that is at least
+    ``min_conf`` confident (:func:`edge.appearance.torso_colours`)."""
+    heads = None
+    if keypoints is not None and head_slot is not None:
+        head = keypoints[:, head_slot]
+        heads = np.where((head[:, 2] >= min_conf)[:, None], head[:, :2], np.nan)
+    return torso_colours(image, boxes, heads)
 
 
 def to_tracker_detections(det: Detections, min_box_px: float = 2.0) -> TrackerDetections:

@@ -16,13 +16,20 @@ One :class:`Tracker` per camera stream.  Each frame, call :meth:`Tracker.update`
   velocity that drifted while the track coasted;
 * a lost-track buffer: an unmatched confirmed track is kept (and predicted) for ``max_lost`` frames before it
   is dropped, and reported at its predicted box for the first ``coast_frames`` of them (``det_index == -1``),
-  so one missed detection does not make a person vanish downstream.
+  so one missed detection does not make a person vanish downstream;
+* an optional appearance cue (as BoT-SORT's, but soft): where detections carry a feature vector (the camera
+  pipeline gives each its chest colour, ``edge/appearance.py``), each track keeps a running mean of its
+  matched features, and in every stage a pair's IoU gets a bonus for looking alike.  Where two people's
+  boxes overlap, the overlap alone often points the wrong way for a frame (as they part, each prediction lies
+  nearer the other's detection); the colours then keep each id.  It only re-ranks pairs the IoU allows: a
+  colour patch that catches an arm or a neighbour now and then does not split a lone walker's track.
 
 Contract of :meth:`Tracker.update`:
 
 * input: :class:`Detections` with ``boxes`` (N, 4) ``x1, y1, x2, y2`` pixels, ``scores`` (N,) in 0..1 (a
   detector adapter maps other score scales, e.g. raw SVM margins, into 0..1 first), optional ``keypoints``
-  (N, K, 3) ``x, y, conf``.  N may be 0 (a frame without detections still ages the tracks).  Non-finite
+  (N, K, 3) ``x, y, conf``, optional ``features`` (N, F) in units of their spread (NaN rows: not measured).
+  N may be 0 (a frame without detections still ages the tracks).  Non-finite
   values, scores outside 0..1, wrong shapes or empty boxes raise ``ValueError`` when the :class:`Detections`
   is built, before the tracker is touched.
 * output: :class:`Tracks`, the confirmed tracks to report in this frame, ordered by id: ``ids`` (M,) int
@@ -81,6 +88,21 @@ class TrackerConfig(BaseModel):
     )
     std_measurement: float = Field(0.15, gt=0.0, le=10.0, title="Detection noise, per box size")
     first_id: int = Field(1, ge=0, lt=2**31 - 1, title="First track id of this tracker instance")
+    appearance_range: float = Field(
+        9.0, ge=0.0, le=1e6, title="Appearance range",
+        description="Squared feature distance (Detections.features, in units of their spread) at which a track "
+                    "and a detection look nothing alike; 0: features not used")
+    appearance_weight: float = Field(
+        0.3, ge=0.0, le=10.0, title="Appearance weight",
+        description="IoU-equivalent a perfect feature match is worth over one at the range, in the assignment")
+    appearance_veto: float = Field(
+        0.0, ge=0.0, le=1e6, title="Appearance veto",
+        description="Squared feature distance beyond which a detection cannot continue a track at all; 0: never "
+                    "(one person's colour patch now and then catches an arm or a neighbour)")
+    appearance_momentum: float = Field(
+        0.8, ge=0.0, lt=1.0, title="Appearance momentum",
+        description="Share of a track's feature kept at each update (a running mean: one odd patch does not "
+                    "replace it)")
 
     @model_validator(mode="after")
     def _ordered(self) -> TrackerConfig:
@@ -101,6 +123,7 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     keypoints: np.ndarray | None = None
+    features: np.ndarray | None = None  # (N, F) appearance, in units of its spread; NaN rows: not measured
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=float)
@@ -126,6 +149,14 @@ class Detections:
                 raise ValueError(f"keypoints must have shape ({len(boxes)}, K, 3), got {kps.shape}")
             if not np.isfinite(kps).all():
                 raise ValueError("keypoints must be finite")
+        feats = self.features
+        if feats is not None:
+            feats = np.asarray(feats, dtype=float)
+            if feats.ndim != 2 or feats.shape[0] != len(boxes):
+                raise ValueError(f"features must have shape ({len(boxes)}, F), got {feats.shape}")
+            if np.isinf(feats).any():
+                raise ValueError("features must be finite or NaN (not measured)")
+        object.__setattr__(self, "features", feats)
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "keypoints", kps)
@@ -216,10 +247,12 @@ _TENTATIVE, _CONFIRMED = 0, 1
 class _Track:
     """Internal state of one track."""
 
-    __slots__ = ("hits", "id", "keypoints", "kf", "last_z", "saved", "score", "since_update", "state")
+    __slots__ = ("feature", "hits", "id", "keypoints", "kf", "last_z", "saved", "score", "since_update", "state")
 
-    def __init__(self, tid: int, z: np.ndarray, score: float, kps: np.ndarray | None, cfg: TrackerConfig):
+    def __init__(self, tid: int, z: np.ndarray, score: float, kps: np.ndarray | None, cfg: TrackerConfig,
+                 feature: np.ndarray | None = None):
         self.id = tid
+        self.feature = feature  # running mean of the matched detections' features (None: none measured yet)
         self.kf = _BoxFilter(z, cfg.std_position, cfg.std_velocity)
         self.state = _TENTATIVE
         self.hits = 1
@@ -239,6 +272,7 @@ class Tracker:
         self._tracks: list[_Track] = []
         self._frame = 0
         self._kp_dim: int | None = None
+        self._feat_dim: int | None = None
         c = self.config
         self._q_scale = np.array([c.std_position] * 4 + [c.std_velocity] * 4)
 
@@ -312,6 +346,7 @@ class Tracker:
                 self._kp_dim = kps_all.shape[1]
             elif kps_all.shape[1] != self._kp_dim:
                 raise ValueError(f"keypoints changed from {self._kp_dim} to {kps_all.shape[1]} per detection")
+        feats = self._features(dets)
         c = self.config
         self._frame += 1
         tracks = self._tracks
@@ -332,13 +367,18 @@ class Tracker:
         info = np.array([(t.state, t.since_update) for t in tracks], dtype=np.int64).reshape(-1, 2)
         confirmed = info[:, 0] == _CONFIRMED
         iou = iou_matrix(pred, boxes)  # (T, N), every stage takes its block
+        app_ok, app_bonus = self._appearance(tracks, feats)
 
         def match(rows_ok: np.ndarray, cols_ok: np.ndarray, least: float, sim: np.ndarray = iou) -> None:
             if not (rows_ok.any() and cols_ok.any()):
                 return
             r_idx, c_idx = np.flatnonzero(rows_ok), np.flatnonzero(cols_ok)
             block = sim[r_idx][:, c_idx]
-            rows, cols = _assign(block, block >= least)
+            allowed = block >= least
+            if app_ok is not None:
+                allowed &= app_ok[r_idx][:, c_idx]
+                block = block + app_bonus[r_idx][:, c_idx]
+            rows, cols = _assign(block, allowed)
             for r, k in zip(r_idx[rows], c_idx[cols], strict=True):
                 track_of[int(r)] = int(k)
             open_t[r_idx[rows]] = False
@@ -370,6 +410,9 @@ class Tracker:
             t.score = float(scores[k])
             t.keypoints = None if kps_all is None else kps_all[k].copy()
             t.last_z = det_z[k]
+            if feats is not None and not np.isnan(feats[k]).any():
+                m = c.appearance_momentum
+                t.feature = feats[k].copy() if t.feature is None else m * t.feature + (1 - m) * feats[k]
             if t.state == _TENTATIVE and (t.hits >= c.min_hits or self._frame <= c.min_hits):
                 t.state = _CONFIRMED
         keep = [
@@ -386,8 +429,10 @@ class Tracker:
         det_of: dict[int, int] = {tracks[pos].id: k for pos, k in track_of.items()}
         # new tracks from confident detections left
         for k in np.flatnonzero(free & (scores >= max(c.high_score, c.new_track_score))):
+            feature = None if feats is None or np.isnan(feats[k]).any() else feats[k].copy()
             t = _Track(
-                self._next_id, det_z[k], float(scores[k]), None if kps_all is None else kps_all[k].copy(), c
+                self._next_id, det_z[k], float(scores[k]), None if kps_all is None else kps_all[k].copy(), c,
+                feature,
             )
             self._next_id += 1
             if c.min_hits <= 1 or self._frame <= c.min_hits:
@@ -396,6 +441,33 @@ class Tracker:
             keep.append(t)
         self._tracks = keep
         return self._report(det_of)
+
+    def _features(self, dets: Detections) -> np.ndarray | None:
+        """The detections' features if the tracker uses them (``appearance_range`` > 0 and some given)."""
+        if self.config.appearance_range <= 0 or dets.features is None or not len(dets):
+            return None
+        if self._feat_dim is None:
+            self._feat_dim = dets.features.shape[1]
+        elif dets.features.shape[1] != self._feat_dim:
+            raise ValueError(f"features changed from {self._feat_dim} to {dets.features.shape[1]} per detection")
+        return dets.features
+
+    def _appearance(self, tracks: list[_Track], feats: np.ndarray | None
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(allowed, bonus), each (T, N), from the squared feature distance of every track and detection: a pair
+        adds ``appearance_weight`` x (1 - d2 / ``appearance_range``, at least 0) to its IoU in the assignment,
+        and is not allowed beyond ``appearance_veto`` (if set).  A track or detection without a feature: half
+        the weight (no evidence either way).  ``(None, None)`` when features are not in use this frame."""
+        if feats is None or not tracks:
+            return None, None
+        c = self.config
+        tf = np.array([np.full(feats.shape[1], np.nan) if t.feature is None else t.feature for t in tracks])
+        d2 = np.square(tf[:, None, :] - feats[None, :, :]).sum(axis=2)  # NaN where either is unknown
+        known = ~np.isnan(d2)
+        d2 = np.where(known, d2, 0.0)
+        ok = ~known | (d2 <= c.appearance_veto) if c.appearance_veto > 0 else np.ones(d2.shape, bool)
+        bonus = c.appearance_weight * np.where(known, 1.0 - np.minimum(d2 / c.appearance_range, 1.0), 0.5)
+        return ok, bonus
 
     def _report(self, det_of: dict[int, int]) -> Tracks:
         c = self.config

@@ -36,6 +36,7 @@ import pytest
 
 from calibration.camera import Camera, load_cameras
 from calibration.store import load_store
+from edge.appearance import CAMERA_SD, bgr_to_lab
 from edge.camera import (
     CameraPipeline,
     FastRayCamera,
@@ -295,6 +296,39 @@ def dets_of(items: list[tuple[np.ndarray, np.ndarray]], score: float = 0.9) -> D
 def frame(cam: str, index: int, ts: float | None = None, image: bool = True, size=(640, 480)) -> SourceFrame:
     img = np.zeros((size[1], size[0], 3), np.uint8) if image else None
     return SourceFrame(1767225600.0 + index * 0.1 if ts is None else ts, index, img, cam)
+
+
+@pytest.mark.parametrize("appearance", [True, False])
+def test_the_tracker_learns_each_person_s_chest_colour(store, appearance: bool) -> None:
+    """The pipeline gives the tracker each detection's chest colour (L*a*b* in units of one camera's spread):
+    two people in differently coloured shirts end up with tracks of those colours; switched off, none.  The
+    published colours are the same either way, also for a track coasting through a missed detection (measured
+    at its predicted box)."""
+    cfg = TrackerConfig() if appearance else TrackerConfig(appearance_range=0.0)
+    pipe = CameraPipeline(store, ["cam1"], None, tracker_config=cfg)
+    cam = pipe._state["cam1"].camera
+    people = [person(cam, 5.0, 4.5), person(cam, 7.0, 4.5)]
+    shirts = [(0, 0, 200), (200, 60, 0)]  # BGR: red, blue
+    labs = [bgr_to_lab(np.array([[bgr]], np.uint8)).reshape(3) for bgr in shirts]
+    msgs = []
+    for k in range(4):
+        f = frame("cam1", k)
+        for (bx, _), bgr in zip(people, shirts, strict=True):
+            x0, y0, x1, y1 = bx.astype(int)
+            f.image[y0:y1, x0:x1] = bgr
+        msgs += pipe.process_detections([f], [dets_of(people if k < 3 else people[:1])])
+    for msg in msgs[-2:]:  # both seen; the second coasting
+        published = sorted(msg.tracks, key=lambda t: t.id)
+        assert len(published) == 2
+        for t, lab in zip(published, labs, strict=True):
+            np.testing.assert_allclose(t.colour, lab, atol=1.0)
+    tracks = sorted(pipe._state["cam1"].tracker._tracks, key=lambda t: t.id)
+    assert len(tracks) == 2
+    if not appearance:
+        assert all(t.feature is None for t in tracks)
+        return
+    for t, lab in zip(tracks, labs, strict=True):
+        np.testing.assert_allclose(t.feature * np.array(CAMERA_SD), lab, atol=1.0)
 
 
 def test_floor_and_rays_of_a_synthetic_person(store) -> None:

@@ -326,3 +326,79 @@ def test_specialised_update_equals_filterpy_update() -> None:
         ref.update(z, R=r)
         np.testing.assert_allclose(ours.x, ref.x, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(ours.P, ref.P, rtol=1e-7, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ appearance
+RED, BLUE = [0.0, 10.0, 5.0], [0.0, -10.0, -5.0]  # two shirts' features, in units of their spread
+
+
+def split_scene(cfg: TrackerConfig, features: bool) -> list[dict[str, int | None]]:
+    """A and B stand together (boxes 10 px apart, IoU 0.5), then step apart past each other: A goes right, B
+    left, 4 px each the first frame and 12 px after.  Each frame, the id of the track that took A's and B's
+    detection (listed B first, so the order does not help)."""
+    tr = Tracker(cfg)
+    out = []
+    for f in range(16):
+        step = 0 if f < 10 else 4 + 12 * (f - 10)
+        a, b = box(100 + step, 100), box(110 - step, 100)
+        feats = np.array([BLUE, RED]) if features else None
+        got = tr.update(Detections(np.array([b, a]), np.array([0.9, 0.9]), features=feats))
+        out.append({"a": id_at(got, 1), "b": id_at(got, 0)})
+    return out
+
+
+def test_a_split_swaps_ids_by_position_alone_but_not_with_colours() -> None:
+    """Where two people part, their boxes' overlap points the wrong way for a frame (each prediction lies
+    nearer the other's detection): position alone swaps them; their shirts' colours keep each id."""
+    settled = split_scene(TrackerConfig(), features=False)[9]
+    assert split_scene(TrackerConfig(), features=False)[-1] == {"a": settled["b"], "b": settled["a"]}
+    with_colour = split_scene(TrackerConfig(), features=True)
+    assert with_colour[-1] == with_colour[9] and with_colour[9]["a"] != with_colour[9]["b"]
+    # features switched off in the config: the same as none given
+    assert split_scene(TrackerConfig(appearance_range=0.0), features=True) == split_scene(
+        TrackerConfig(), features=False)
+
+
+@pytest.mark.parametrize("veto", [0.0, 25.0])
+def test_an_odd_colour_now_and_then_does_not_split_a_lone_walker(veto: float) -> None:
+    """Every fifth frame the chest patch catches something else (a far colour) or nothing (NaN): without a veto
+    the walker keeps one id; with one, the odd frames are lost, but the track goes on."""
+    tr = Tracker(TrackerConfig(appearance_veto=veto))
+    ids, matched = set(), 0
+    for f in range(40):
+        feat = [[0.0, 30.0, 30.0]] if f % 10 == 5 else [[np.nan] * 3] if f % 10 == 0 else [RED]
+        out = tr.update(Detections(np.array([box(10 + 6 * f, 100)]), np.array([0.9]), features=np.array(feat)))
+        ids |= set(out.ids.tolist())
+        matched += int((out.det_index == 0).sum())
+    assert ids == {1}
+    assert matched == (40 if veto == 0 else 36)
+
+
+def test_the_track_colour_is_a_running_mean() -> None:
+    """One odd colour moves a track's feature by (1 - momentum) of the difference, not all the way."""
+    tr = Tracker(TrackerConfig(appearance_momentum=0.8))
+    for f, feat in enumerate([RED, RED, [0.0, 0.0, 0.0]]):
+        tr.update(Detections(np.array([box(10 + 2 * f, 100)]), np.array([0.9]), features=np.array([feat])))
+    np.testing.assert_allclose(tr._tracks[0].feature, [0.0, 8.0, 4.0])
+
+
+@pytest.mark.parametrize(
+    ("features", "reason"),
+    [
+        (np.zeros((2, 3)), "features must have shape"),
+        (np.zeros(3), "features must have shape"),
+        (np.array([[np.inf, 0.0, 0.0]]), "finite or NaN"),
+    ],
+)
+def test_bad_features_are_refused(features: np.ndarray, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Detections(np.array([box(0, 0)]), np.array([0.5]), features=features)
+
+
+def test_features_changing_length_are_refused() -> None:
+    tr = Tracker()
+    tr.update(Detections(np.array([box(0, 0)]), [0.9], features=np.zeros((1, 3))))
+    with pytest.raises(ValueError, match="features changed"):
+        tr.update(Detections(np.array([box(1, 0)]), [0.9], features=np.zeros((1, 2))))
+    out = tr.update(Detections(np.array([box(1, 0)]), [0.9], features=np.zeros((1, 3))))
+    assert out.ids.tolist() == [1] and tr.frame == 2

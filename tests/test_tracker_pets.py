@@ -140,13 +140,40 @@ def test_tracker_sim_bench_on_the_smoke_session(tmp_path, capsys) -> None:
     smoke = Path(__file__).resolve().parents[1] / "replay_data" / "sessions" / "smoke"
     gt = tracker_sim.read_mot_rows(smoke / "truth" / "cam1.txt")
     assert len(gt.frames) > 50 and gt.scores.max() <= 1.0
-    assert tracker_sim.main([str(smoke), "--trackers", "walkout", "--repeat", "1", "--json",
+    assert tracker_sim.main([str(smoke), "--trackers", "walkout", "walkout+colour", "--repeat", "1", "--json",
                              "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {r["dets"] for r in out["results"]} == {"cam1.txt", "cam5.txt"}
-    (pooled,) = out["pooled"]
-    assert pooled["tracker"] == "walkout" and pooled["cameras"] == 2
-    assert 0.2 < pooled["hota"] <= 1.0 and 0.2 < pooled["idf1"] <= 1.0  # the detector finds the two shoppers
+    assert [p["tracker"] for p in out["pooled"]] == ["walkout", "walkout+colour"]
+    for pooled in out["pooled"]:
+        assert pooled["cameras"] == 2
+        assert 0.2 < pooled["hota"] <= 1.0 and 0.2 < pooled["idf1"] <= 1.0  # the detector finds the two shoppers
     assert read_mot(tmp_path / "dets" / "cam1.txt").frames.size > 0
     assert (tmp_path / "tracks" / "cam1" / "walkout.txt").is_file()
     assert tracker_sim.main([str(tmp_path)]) == 2  # no per-camera truth there: a clear error
+
+
+def test_features_reach_only_the_tracker_given_them(tmp_path) -> None:
+    """bench_file hands a tracker the features named for it, a row per detection line; a count that does not
+    match the file's detections is refused before anything runs."""
+    gt_path, det_path = small_files(tmp_path)
+    n = len(read_mot(det_path).frames)
+    seen: dict[str, list] = {}
+
+    def spy(name: str):
+        def factory(fps: float):
+            def step(boxes, scores, features=None):
+                seen.setdefault(name, []).append(None if features is None else features.shape)
+                return np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0)
+            return step
+        return factory
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(tracker_pets.TRACKERS, "a", spy("a"))
+        mp.setitem(tracker_pets.TRACKERS, "b", spy("b"))
+        bench_file(det_path, read_mot(gt_path), ["a", "b"], repeat=1, features={"a": np.zeros((n, 3))})
+        with pytest.raises(ValueError, match=f"{n - 1} feature rows for {n} detections"):
+            bench_file(det_path, read_mot(gt_path), ["a"], repeat=1, features={"a": np.zeros((n - 1, 3))})
+    assert all(s is None for s in seen["b"])
+    shapes = [s for s in seen["a"] if s is not None]
+    assert sum(s[0] for s in shapes) == n and all(s[1] == 3 for s in shapes)
