@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "person_pose_int8.onnx"
-MIN_KEYPOINT_CONF = 0.3  # as the edge process (CameraPipeline's min_keypoint_conf)
 
 
 def detect_session(session: Path, cameras: list[str], model: Path, conf: float, out: Path
@@ -42,7 +41,7 @@ def detect_session(session: Path, cameras: list[str], model: Path, conf: float, 
     frame order); also each detection's chest colour as the edge pipeline gives it to the tracker (L*a*b* in
     units of :data:`edge.appearance.CAMERA_SD`, a row per detection line; NaN: not measured)."""
     from edge.appearance import CAMERA_SD
-    from edge.camera import detection_colours, keypoint_slots
+    from edge.camera import MIN_KEYPOINT_CONF, detection_colours, keypoint_slots
     from edge.detector import Detector
     from edge.sources import McapSource, frame_batches
 

@@ -191,6 +191,9 @@ class _CameraState:
     sized: dict[tuple[int, int], Camera] = field(default_factory=dict)
 
 
+MIN_KEYPOINT_CONF = 0.3  # least confidence of a published keypoint (CameraPipeline's default)
+
+
 class CameraPipeline:
     """Detector + one tracker per camera + projection + message building for the cameras of one process.
 
@@ -207,7 +210,7 @@ class CameraPipeline:
                  tracker_config: TrackerConfig | None = None,
                  projection_config: ProjectionConfig | None = None, *, device: str = "edge-camera",
                  seq: Callable[[], int] | None = None, calibrations: dict[str, Camera] | None = None,
-                 min_keypoint_conf: float = 0.3, min_box_px: float = 2.0, outage_frames: int = 5):
+                 min_keypoint_conf: float = MIN_KEYPOINT_CONF, min_box_px: float = 2.0, outage_frames: int = 5):
         if not cameras:
             raise ValueError("a camera pipeline needs at least one camera")
         calib = calibrations if calibrations is not None else load_cameras(store)

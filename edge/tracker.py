@@ -377,6 +377,7 @@ class Tracker:
             allowed = block >= least
             if app_ok is not None:
                 allowed &= app_ok[r_idx][:, c_idx]
+            if app_bonus is not None:
                 block = block + app_bonus[r_idx][:, c_idx]
             rows, cols = _assign(block, allowed)
             for r, k in zip(r_idx[rows], c_idx[cols], strict=True):
@@ -456,8 +457,9 @@ class Tracker:
                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(allowed, bonus), each (T, N), from the squared feature distance of every track and detection: a pair
         adds ``appearance_weight`` x (1 - d2 / ``appearance_range``, at least 0) to its IoU in the assignment,
-        and is not allowed beyond ``appearance_veto`` (if set).  A track or detection without a feature: half
-        the weight (no evidence either way).  ``(None, None)`` when features are not in use this frame."""
+        and is not allowed beyond ``appearance_veto`` (``allowed`` is None without a veto: every pair).  A track
+        or detection without a feature: half the weight (no evidence either way).  ``(None, None)`` when
+        features are not in use this frame."""
         if feats is None or not tracks:
             return None, None
         c = self.config
@@ -465,7 +467,7 @@ class Tracker:
         d2 = np.square(tf[:, None, :] - feats[None, :, :]).sum(axis=2)  # NaN where either is unknown
         known = ~np.isnan(d2)
         d2 = np.where(known, d2, 0.0)
-        ok = ~known | (d2 <= c.appearance_veto) if c.appearance_veto > 0 else np.ones(d2.shape, bool)
+        ok = ~known | (d2 <= c.appearance_veto) if c.appearance_veto > 0 else None
         bonus = c.appearance_weight * np.where(known, 1.0 - np.minimum(d2 / c.appearance_range, 1.0), 0.5)
         return ok, bonus
 
