@@ -23,6 +23,10 @@ One :class:`Tracker` per camera stream.  Each frame, call :meth:`Tracker.update`
   boxes overlap, the overlap alone often points the wrong way for a frame (as they part, each prediction lies
   nearer the other's detection); the colours then keep each id.  It only re-ranks pairs the IoU allows: a
   colour patch that catches an arm or a neighbour now and then does not split a lone walker's track.
+  Where one person hid another, the track may go on with the one left in view: a track whose matched
+  detections look, ``appearance_split_frames`` times in a row, far from its own colour and like another track
+  this camera knows (``appearance_split``), ends there, and the detection starts a new track -- a new id, so
+  nothing downstream takes that person for the one the track followed before.
 
 Contract of :meth:`Tracker.update`:
 
@@ -103,6 +107,22 @@ class TrackerConfig(BaseModel):
         0.8, ge=0.0, lt=1.0, title="Appearance momentum",
         description="Share of a track's feature kept at each update (a running mean: one odd patch does not "
                     "replace it)")
+    appearance_split: float = Field(
+        25.0, ge=0.0, le=1e6, title="Appearance split",
+        description="Squared feature distance from a confirmed track's running mean beyond which a matched "
+                    "detection counts as someone else; 0: never split")
+    appearance_split_near: float = Field(
+        6.0, ge=0.0, le=1e6, title="Appearance split: near another",
+        description="A detection beyond appearance_split from its track's colour looks like someone else only "
+                    "where another confirmed track's colour is within this squared distance of it ...")
+    appearance_split_ratio: float = Field(
+        0.1, gt=0.0, le=1.0, title="Appearance split: ratio",
+        description="... and at most this share of its squared distance to its own track (a patch that caught the "
+                    "floor or a shelf looks like nobody: it does not split)")
+    appearance_split_frames: int = Field(
+        5, ge=1, le=10_000, title="Appearance split frames",
+        description="Consecutive matches that look like someone else after which the track ends and the "
+                    "detection starts a new one (the tracker followed the wrong person out of a crossing)")
 
     @model_validator(mode="after")
     def _ordered(self) -> TrackerConfig:
@@ -247,12 +267,14 @@ _TENTATIVE, _CONFIRMED = 0, 1
 class _Track:
     """Internal state of one track."""
 
-    __slots__ = ("feature", "hits", "id", "keypoints", "kf", "last_z", "saved", "score", "since_update", "state")
+    __slots__ = ("feature", "hits", "id", "keypoints", "kf", "last_z", "odd", "saved", "score", "since_update",
+                 "state")
 
     def __init__(self, tid: int, z: np.ndarray, score: float, kps: np.ndarray | None, cfg: TrackerConfig,
                  feature: np.ndarray | None = None):
         self.id = tid
         self.feature = feature  # running mean of the matched detections' features (None: none measured yet)
+        self.odd = 0  # consecutive matches whose feature looked like someone else (appearance_split)
         self.kf = _BoxFilter(z, cfg.std_position, cfg.std_velocity)
         self.state = _TENTATIVE
         self.hits = 1
@@ -404,6 +426,7 @@ class Tracker:
             if t.since_update > 1 and c.reupdate:
                 self._reupdate(t, det_z[k])
         self._correct_all(hit, det_z[rows])
+        split: list[tuple[_Track, int]] = []
         for t, k in zip(hit, rows, strict=True):
             t.saved = (t.kf.x, t.kf.P)
             t.since_update = 0
@@ -412,6 +435,13 @@ class Tracker:
             t.keypoints = None if kps_all is None else kps_all[k].copy()
             t.last_z = det_z[k]
             if feats is not None and not np.isnan(feats[k]).any():
+                if (c.appearance_split > 0 and t.feature is not None and t.state == _CONFIRMED
+                        and self._someone_else(t, feats[k], tracks)):
+                    t.odd += 1  # someone else's colour: not learnt; after a few frames, a new track
+                    if t.odd >= c.appearance_split_frames:
+                        split.append((t, int(k)))
+                    continue
+                t.odd = 0
                 m = c.appearance_momentum
                 t.feature = feats[k].copy() if t.feature is None else m * t.feature + (1 - m) * feats[k]
             if t.state == _TENTATIVE and (t.hits >= c.min_hits or self._frame <= c.min_hits):
@@ -428,6 +458,16 @@ class Tracker:
                 sorted({t.id for t in tracks} - {t.id for t in keep}),
             )
         det_of: dict[int, int] = {tracks[pos].id: k for pos, k in track_of.items()}
+        for t, k in split:  # the track followed someone else: it ends, the detection starts a new one
+            keep.remove(t)
+            del det_of[t.id]
+            new = _Track(self._next_id, det_z[k], float(scores[k]),
+                         None if kps_all is None else kps_all[k].copy(), c, feats[k].copy())  # type: ignore[index]
+            new.state = _CONFIRMED
+            log.debug("frame %d: track %d looks like someone else, split off as %d", self._frame, t.id, new.id)
+            self._next_id += 1
+            det_of[new.id] = k
+            keep.append(new)
         # new tracks from confident detections left
         for k in np.flatnonzero(free & (scores >= max(c.high_score, c.new_track_score))):
             feature = None if feats is None or np.isnan(feats[k]).any() else feats[k].copy()
@@ -442,6 +482,18 @@ class Tracker:
             keep.append(t)
         self._tracks = keep
         return self._report(det_of)
+
+    def _someone_else(self, t: _Track, f: np.ndarray, tracks: list[_Track]) -> bool:
+        """``f`` is far from ``t``'s colour and near another track's (one this camera knows, seen or lost)."""
+        c = self.config
+        own = float(np.square(f - t.feature).sum())
+        if own <= c.appearance_split:
+            return False
+        others = [o.feature for o in tracks if o is not t and o.feature is not None and o.state == _CONFIRMED]
+        if not others:
+            return False
+        near = float(np.square(np.asarray(others) - f).sum(axis=1).min())
+        return near <= c.appearance_split_near and near <= c.appearance_split_ratio * own
 
     def _features(self, dets: Detections) -> np.ndarray | None:
         """The detections' features if the tracker uses them (``appearance_range`` > 0 and some given)."""

@@ -374,6 +374,39 @@ def test_an_odd_colour_now_and_then_does_not_split_a_lone_walker(veto: float) ->
     assert matched == (40 if veto == 0 else 36)
 
 
+FLOOR = [0.0, 30.0, 30.0]  # a patch that caught the floor: like nobody here
+
+
+@pytest.mark.parametrize(("odd", "odd_frames", "split_frames", "ids"), [
+    (BLUE, 2, 5, [1] * 9),  # fewer odd frames than it takes: one id, the odd colour not learnt
+    (BLUE, 6, 5, [1, 1, 1, 1, 1, 1, 1, 3, 3]),  # the fifth blue frame ends the track, blue gets a new id
+    (BLUE, 6, 1, [1, 1, 1, 3, 3, 3, 3, 3, 3]),
+    (FLOOR, 6, 5, [1] * 9),  # far from its own colour but like nobody the camera knows: no split
+])
+def test_a_track_that_goes_on_with_someone_else_is_split(odd: list[float], odd_frames: int, split_frames: int,
+                                                         ids: list[int]) -> None:
+    """A red walker (track 1) and a blue one (track 2, further on) are in view; then the blue one stands where
+    the red one was, the red one hidden, and the camera's tracker slides track 1 onto blue.  After
+    ``appearance_split_frames`` frames in a row that look like blue, track 1 ends and the person on it is a new
+    track, so nothing downstream takes them for the red one."""
+    tr = Tracker(TrackerConfig(appearance_split=25.0, appearance_split_frames=split_frames))
+    got = []
+    for f in range(9):
+        here = box(10 + 3 * f, 100)
+        if f < 3:  # both in view, apart
+            out = tr.update(Detections(np.array([here, box(300, 100)]), np.array([0.9, 0.9]),
+                                       features=np.array([RED, BLUE])))
+        else:
+            feat = odd if f < 3 + odd_frames else RED
+            out = tr.update(Detections(np.array([here]), np.array([0.9]), features=np.array([feat])))
+        got.append(id_at(out, 0))
+    assert got == ids
+    split = ids[-1] != 1
+    assert (1 in [t.id for t in tr._tracks]) is not split  # a split track is gone, not left to coast
+    if not split and odd is BLUE:  # colours that looked like someone else did not move its running mean
+        np.testing.assert_allclose(tr._tracks[0].feature, RED)
+
+
 def test_the_track_colour_is_a_running_mean() -> None:
     """One odd colour moves a track's feature by (1 - momentum) of the difference, not all the way."""
     tr = Tracker(TrackerConfig(appearance_momentum=0.8))
