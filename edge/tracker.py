@@ -389,7 +389,7 @@ class Tracker:
         info = np.array([(t.state, t.since_update) for t in tracks], dtype=np.int64).reshape(-1, 2)
         confirmed = info[:, 0] == _CONFIRMED
         iou = iou_matrix(pred, boxes)  # (T, N), every stage takes its block
-        app_ok, app_bonus = self._appearance(tracks, feats)
+        app_ok, app_bonus, app_d2 = self._appearance(tracks, feats)
 
         def match(rows_ok: np.ndarray, cols_ok: np.ndarray, least: float, sim: np.ndarray = iou) -> None:
             if not (rows_ok.any() and cols_ok.any()):
@@ -427,7 +427,7 @@ class Tracker:
                 self._reupdate(t, det_z[k])
         self._correct_all(hit, det_z[rows])
         split: list[tuple[_Track, int]] = []
-        for t, k in zip(hit, rows, strict=True):
+        for pos, t, k in zip(track_of, hit, rows, strict=True):
             t.saved = (t.kf.x, t.kf.P)
             t.since_update = 0
             t.hits += 1
@@ -435,8 +435,7 @@ class Tracker:
             t.keypoints = None if kps_all is None else kps_all[k].copy()
             t.last_z = det_z[k]
             if feats is not None and not np.isnan(feats[k]).any():
-                if (c.appearance_split > 0 and t.feature is not None and t.state == _CONFIRMED
-                        and self._someone_else(t, feats[k], tracks)):
+                if c.appearance_split > 0 and self._someone_else(app_d2, pos, int(k), confirmed):  # type: ignore[arg-type]
                     t.odd += 1  # someone else's colour: not learnt; after a few frames, a new track
                     if t.odd >= c.appearance_split_frames:
                         split.append((t, int(k)))
@@ -483,16 +482,21 @@ class Tracker:
         self._tracks = keep
         return self._report(det_of)
 
-    def _someone_else(self, t: _Track, f: np.ndarray, tracks: list[_Track]) -> bool:
-        """``f`` is far from ``t``'s colour and near another track's (one this camera knows, seen or lost)."""
+    def _someone_else(self, d2: np.ndarray, pos: int, k: int, confirmed: np.ndarray) -> bool:
+        """Detection ``k`` looks like someone else than confirmed track ``pos``: far from its colour and near
+        another confirmed track's (one this camera knows, seen or lost).  ``d2`` (T, N): the frame's squared
+        feature distances from :meth:`_appearance` (NaN where either is unknown)."""
         c = self.config
-        own = float(np.square(f - t.feature).sum())
-        if own <= c.appearance_split:
+        col = d2[:, k]
+        own = col[pos]
+        if not (confirmed[pos] and own > c.appearance_split):  # (False where unknown)
             return False
-        others = [o.feature for o in tracks if o is not t and o.feature is not None and o.state == _CONFIRMED]
-        if not others:
+        others = confirmed.copy()
+        others[pos] = False
+        others = col[others & np.isfinite(col)]
+        if not others.size:
             return False
-        near = float(np.square(np.asarray(others) - f).sum(axis=1).min())
+        near = float(others.min())
         return near <= c.appearance_split_near and near <= c.appearance_split_ratio * own
 
     def _features(self, dets: Detections) -> np.ndarray | None:
@@ -506,22 +510,22 @@ class Tracker:
         return dets.features
 
     def _appearance(self, tracks: list[_Track], feats: np.ndarray | None
-                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(allowed, bonus), each (T, N), from the squared feature distance of every track and detection: a pair
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(allowed, bonus, d2), each (T, N), from the squared feature distance of every track and detection: a pair
         adds ``appearance_weight`` x (1 - d2 / ``appearance_range``, at least 0) to its IoU in the assignment,
         and is not allowed beyond ``appearance_veto`` (``allowed`` is None without a veto: every pair).  A track
-        or detection without a feature: half the weight (no evidence either way).  ``(None, None)`` when
-        features are not in use this frame."""
+        or detection without a feature: half the weight (no evidence either way).  Third, the distances themselves
+        (NaN where either is unknown).  ``(None, None, None)`` when features are not in use this frame."""
         if feats is None or not tracks:
-            return None, None
+            return None, None, None
         c = self.config
         tf = np.array([np.full(feats.shape[1], np.nan) if t.feature is None else t.feature for t in tracks])
         d2 = np.square(tf[:, None, :] - feats[None, :, :]).sum(axis=2)  # NaN where either is unknown
         known = ~np.isnan(d2)
-        d2 = np.where(known, d2, 0.0)
-        ok = ~known | (d2 <= c.appearance_veto) if c.appearance_veto > 0 else None
-        bonus = c.appearance_weight * np.where(known, 1.0 - np.minimum(d2 / c.appearance_range, 1.0), 0.5)
-        return ok, bonus
+        d0 = np.where(known, d2, 0.0)
+        ok = ~known | (d0 <= c.appearance_veto) if c.appearance_veto > 0 else None
+        bonus = c.appearance_weight * np.where(known, 1.0 - np.minimum(d0 / c.appearance_range, 1.0), 0.5)
+        return ok, bonus, d2
 
     def _report(self, det_of: dict[int, int]) -> Tracks:
         c = self.config
