@@ -60,12 +60,23 @@ def torso_colours(image: np.ndarray, boxes: np.ndarray, heads: np.ndarray | None
     for i in range(n):
         if side[i] < MIN_BOX_PX or (x1[i] - x0[i]) * (y1[i] - y0[i]) < MIN_PIXELS:
             continue
-        crop = image[y0[i]:y1[i], x0[i]:x1[i]]
-        out[i] = np.median(crop.reshape(-1, 3), axis=0)
+        out[i] = channel_median(image[y0[i]:y1[i], x0[i]:x1[i]])
     ok = np.isfinite(out[:, 0])
     if ok.any():
         out[ok] = bgr_to_lab(out[ok])
     return out
+
+
+def channel_median(patch: np.ndarray) -> np.ndarray:
+    """Median of each channel of an image patch ``(h, w, 3)``, float ``(3,)``: ``np.median``'s value (the mean
+    of the two middle values for an even count) from a partial sort, a few times faster on small patches."""
+    px = patch.reshape(-1, 3)
+    n = len(px)
+    k = n // 2
+    if n % 2:
+        return np.partition(px, k, axis=0)[k].astype(float)
+    part = np.partition(px, (k - 1, k), axis=0)
+    return (part[k - 1].astype(float) + part[k]) / 2
 
 
 def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
@@ -74,4 +85,4 @@ def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(px, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(float)
 
 
-__all__ = ["CAMERA_SD", "bgr_to_lab", "torso_colours"]
+__all__ = ["CAMERA_SD", "bgr_to_lab", "channel_median", "torso_colours"]

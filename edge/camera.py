@@ -31,7 +31,6 @@ The detector is anything with ``detect(images) -> list[Detections]`` and ``keypo
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -295,14 +294,14 @@ class CameraPipeline:
         self.counters.frames += 1
         self.counters.detections += len(det)
         t0 = time.perf_counter()
-        dets = to_tracker_detections(det, self.min_box_px)
-        lab = None
-        if self.tracker_config.appearance_range > 0 and len(dets):
-            dets, lab = self._with_colours(dets, f.image)
+        boxes, scores, kps = usable_detections(det, self.min_box_px)
+        lab = features = None
+        if self.tracker_config.appearance_range > 0 and len(boxes):
+            lab, features = self._colours(boxes, kps, f.image)
             t0b = time.perf_counter()
             self.times.colour += t0b - t0
             t0 = t0b
-        tracks = st.tracker.update(dets)
+        tracks = st.tracker.update(TrackerDetections(boxes, scores, kps, features))
         t1 = time.perf_counter()
         self.times.track += t1 - t0
         built = self._tracks(cam, tracks, w, h, f.image, lab)
@@ -321,14 +320,14 @@ class CameraPipeline:
         self.counters.tracks += len(built)
         return msg
 
-    def _with_colours(self, dets: TrackerDetections, image: np.ndarray | None
-                      ) -> tuple[TrackerDetections, np.ndarray]:
-        """``dets`` with each detection's chest colour as its appearance feature (L*a*b* in units of one
-        person's spread in one camera, :data:`edge.appearance.CAMERA_SD`; NaN: not measured), and the colours
-        in L*a*b* (published with the tracks matched to them).  The feature keeps the tracker from swapping two
-        people of different shirts whose boxes overlap."""
-        lab = detection_colours(image, dets.boxes, dets.keypoints, self.slots.get("head"), self.min_keypoint_conf)
-        return dataclasses.replace(dets, features=lab / np.asarray(CAMERA_SD)), lab
+    def _colours(self, boxes: np.ndarray, keypoints: np.ndarray | None, image: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Each detection's chest colour in L*a*b* (published with the tracks matched to them) and as the
+        tracker's appearance feature (in units of one person's spread in one camera,
+        :data:`edge.appearance.CAMERA_SD`); NaN rows: not measured.  The feature keeps the tracker from
+        swapping two people of different shirts whose boxes overlap."""
+        lab = detection_colours(image, boxes, keypoints, self.slots.get("head"), self.min_keypoint_conf)
+        return lab, lab / np.asarray(CAMERA_SD)
 
     def _sized(self, st: _CameraState, w: int, h: int) -> Camera:
         cam = st.sized.get((w, h))
@@ -432,6 +431,13 @@ def detection_colours(image: np.ndarray | None, boxes: np.ndarray, keypoints: np
 def to_tracker_detections(det: Detections, min_box_px: float = 2.0) -> TrackerDetections:
     """Detector output -> the tracker's input (boxes smaller than ``min_box_px`` and non-finite rows left
     out: the tracker rejects them)."""
+    return TrackerDetections(*usable_detections(det, min_box_px))
+
+
+def usable_detections(det: Detections, min_box_px: float = 2.0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The rows of detector output the tracker takes: boxes ``(n, 4)``, scores clipped to 0..1 and keypoints
+    (float), without boxes smaller than ``min_box_px`` and non-finite rows (the tracker rejects them)."""
     boxes = np.asarray(det.boxes, float).reshape(-1, 4)
     scores = np.asarray(det.scores, float).reshape(-1)
     kps = None if det.keypoints is None else np.asarray(det.keypoints, float)
@@ -442,7 +448,7 @@ def to_tracker_detections(det: Detections, min_box_px: float = 2.0) -> TrackerDe
     if not ok.all():
         boxes, scores = boxes[ok], scores[ok]
         kps = None if kps is None else kps[ok]
-    return TrackerDetections(boxes, np.clip(scores, 0.0, 1.0), kps)
+    return boxes, np.clip(scores, 0.0, 1.0), kps
 
 
 # ---------------------------------------------------------------------------------------------- the loop

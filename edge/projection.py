@@ -44,8 +44,10 @@ class Projected:
     head: np.ndarray | None = None  # (N,) bool: the head keypoint was used (confident, agreeing with the box)
 
 
-def _cov(cam: Camera, dirs: np.ndarray, dist: np.ndarray, h_sd: float, px_sd: float, lean_sd: float
-         ) -> np.ndarray:
+def _cov(cam: Camera, dirs: np.ndarray, dist: np.ndarray, h_sd: float | np.ndarray, px_sd: float | np.ndarray,
+         lean_sd: float) -> np.ndarray:
+    """Floor covariance ``(N, 3)`` xx, xy, yy of points on rays ``dirs`` at ``dist`` metres, for a height spread
+    ``h_sd`` and a pixel spread ``px_sd`` (each per ray or one for all) and the body's lean."""
     dz = np.maximum(np.abs(dirs[:, 2]), 1e-3)
     v = dirs[:, :2] / dz[:, None]  # horizontal shift per metre of height error
     f = float(np.sqrt(cam.K[0, 0] * cam.K[1, 1]))
@@ -71,21 +73,22 @@ def floor_positions(cam: Camera, boxes: np.ndarray, heads: np.ndarray | None,
         use_head = heads[:, 2] >= cfg.min_head_conf
         px[use_head] = heads[use_head, :2]
     height = np.where(use_head, cfg.head_height_m, cfg.body_height_m)
-    origins, dirs = cam.pixel_to_ray(px)
-    pts, ok = ray_plane(origins, dirs, height)
     limit = dict(cfg.head_box_max_m).get(cam.model)
-    if limit is not None and use_head.any():  # a head far from its box's floor point: the box instead
-        idx = np.flatnonzero(use_head)
-        o_box, d_box = cam.pixel_to_ray(centre[idx])
-        p_box, ok_box = ray_plane(o_box, d_box, cfg.body_height_m)
+    # a head is checked against its box's floor point where the camera model asks for it: the heads' and
+    # those box centres' rays in one call
+    idx = np.flatnonzero(use_head) if limit is not None else np.zeros(0, np.int64)
+    o_all, d_all = cam.pixel_to_ray(np.concatenate([px, centre[idx]]) if len(idx) else px)
+    p_all, ok_all = ray_plane(o_all, d_all, np.concatenate([height, np.full(len(idx), cfg.body_height_m)]))
+    origins, dirs, pts, ok = o_all[:n], d_all[:n], p_all[:n], ok_all[:n]
+    if len(idx):  # a head far from its box's floor point: the box instead
+        o_box, d_box, p_box, ok_box = o_all[n:], d_all[n:], p_all[n:], ok_all[n:]
         bad = ok_box & ~(np.hypot(*(pts[idx, :2] - p_box[:, :2]).T) <= limit)
         k = idx[bad]
         use_head[k] = False
         pts[k], ok[k], origins[k], dirs[k] = p_box[bad], True, o_box[bad], d_box[bad]
     dist = np.linalg.norm(pts - origins, axis=1)
-    cov_head = _cov(cam, dirs, dist, cfg.head_height_sd_m, cfg.keypoint_px_sd, cfg.lean_sd_m)
-    cov_box = _cov(cam, dirs, dist, cfg.body_height_sd_m, cfg.box_px_sd, cfg.lean_sd_m)
-    cov = np.where(use_head[:, None], cov_head, cov_box)
+    cov = _cov(cam, dirs, dist, np.where(use_head, cfg.head_height_sd_m, cfg.body_height_sd_m),
+               np.where(use_head, cfg.keypoint_px_sd, cfg.box_px_sd), cfg.lean_sd_m)
     return Projected(pts[:, :2], cov, ok, use_head)
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from bench.appearance import measure
-from edge.appearance import bgr_to_lab, torso_colours
+from edge.appearance import bgr_to_lab, channel_median, torso_colours
 from fusion.config import FloorConfig
 from fusion.floor import FloorTracker, TrackObs
 from tests.fusion_scene import scene_store
@@ -61,6 +64,12 @@ def test_boxes_that_cannot_be_measured_give_nan(box, heads, why):
 def test_a_grey_frame_or_no_boxes_gives_no_colour():
     assert np.isnan(torso_colours(np.zeros((50, 50), np.uint8), np.array([[0, 0, 40, 40]]))).all()
     assert torso_colours(np.zeros((50, 50, 3), np.uint8), np.zeros((0, 4))).shape == (0, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9), st.just(3))))
+def test_the_patch_median_is_numpys(patch):
+    assert np.array_equal(channel_median(patch), np.median(patch.reshape(-1, 3), axis=0))
 
 
 @pytest.mark.parametrize(("bgr", "lab"), [((255, 255, 255), (100, 0, 0)), ((0, 0, 0), (0, 0, 0)),
