@@ -7,6 +7,9 @@ Evidence per shopper, over the event's window (padded for clock skew):
   then the smallest over the window (the moment the hand was closest).
 - body: the horizontal distance of the shopper's floor position to the lanes when the weight stepped (cheap
   prior; arms are short, and a shopper walking past the lane a second before the step was not at it).
+- head: for a low lane, how much lower the head was at the step than the shopper stands (:func:`head_dip`,
+  from the floor tracker's head height): a picker bends to a low shelf while the neighbour beside them, whose
+  resting hand may be nearer the lane than the picker's hidden one, usually does not.
 Scores are Gaussian in those distances; the probabilities are the normalised scores.  The winner's
 probability is the line's confidence; the margin to the runner-up decides whether the line is uncertain.
 
@@ -385,6 +388,37 @@ class Candidate:
     wrists: WristEvidence
     # the body's horizontal distance to the lanes at PROFILE_S around the step (nan where not tracked)
     profile: np.ndarray = field(default_factory=lambda: np.full(len(PROFILE_S), np.nan))
+    # the head's height at PROFILE_S around the step (nan where not tracked)
+    heights: np.ndarray = field(default_factory=lambda: np.full(len(PROFILE_S), np.nan))
+
+
+def height_profile(heights: list[tuple[float, float]], t_ref: float) -> np.ndarray:
+    """The head's height at ``t_ref + PROFILE_S`` from its history ``(t, h)`` (nan outside its times)."""
+    ts = t_ref + PROFILE_S
+    lo = max(bisect.bisect_left(heights, (ts[0],)) - 1, 0)
+    hi = bisect.bisect_right(heights, (ts[-1], math.inf)) + 1
+    part = np.asarray(heights[lo:hi], float).reshape(-1, 2)
+    out = np.full(len(ts), np.nan)
+    if not len(part):
+        return out
+    inside = (ts >= part[0, 0]) & (ts <= part[-1, 0])
+    out[inside] = np.interp(ts[inside], part[:, 0], part[:, 1])
+    return out
+
+
+DIP_STANDING_S = 1.5  # the head's standing height: from its heights this far or farther from the step ...
+DIP_STANDING_Q = 75  # ... their upper quartile (bending only lowers the head; the evidence is gathered soon
+# after the event, so mostly from before it, when the shopper may have bent for something else)
+
+
+def head_dip(heights: np.ndarray, window_s: float) -> float:
+    """How much lower the head was within ``window_s`` of the step than it stands (the upper quartile of its
+    heights at offsets of ``DIP_STANDING_S`` or more): 0 when it was not lower or not tracked."""
+    near = heights[np.abs(PROFILE_S) <= window_s]
+    away = heights[np.abs(PROFILE_S) >= DIP_STANDING_S]
+    if not (np.isfinite(near).any() and np.isfinite(away).any()):
+        return 0.0
+    return max(0.0, float(np.nanpercentile(away, DIP_STANDING_Q) - np.nanmin(near)))
 
 
 def body_profile(path: list[tuple[float, float, float]], boxes: list[Box], t_ref: float) -> np.ndarray:
@@ -435,7 +469,8 @@ def gather(floor: FloorTracker, boxes: list[Box], t_start: float, t_end: float, 
         if body > cfg.candidate_radius_m:
             continue
         out.append(Candidate(info.id, body, wrist_distances(floor, slot, t0, t1, approach, cfg, rival_approach,
-                                                            boxes), body_profile(info.path, boxes, t_ref)))
+                                                            boxes), body_profile(info.path, boxes, t_ref),
+                             height_profile(info.heights, t_ref)))
     return EventEvidence(t_start, t_end, t_step, min(b.min[2] for b in boxes), bool(rivals), out)
 
 
@@ -453,6 +488,7 @@ def weigh(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None =
     # stepped, the picker's hand was in the lane, so for such lanes both hands must be near the lane itself
     strict = ev.t_step is not None and ev.lanes_low_m <= cfg.rest_height_m
     far = cfg.exclusion_rest_far_m if strict else cfg.exclusion_far_m
+    bend = cfg.dip_weight > 0 and ev.lanes_low_m < cfg.dip_lanes_below_m
     scores: dict[str, float] = {}
     evidence: dict[str, tuple[float, float, list[str]]] = {}
     for c in ev.candidates:
@@ -470,6 +506,9 @@ def weigh(ev: EventEvidence, cfg: AssociationConfig, eligible: set[str] | None =
         excl = 1.0 if c.body > cfg.reach_m else c.wrists.excluded(x0, x1, far, at_lanes=strict)
         scores[c.shopper] = (wrist_log_score(dw, cfg) - 0.5 * (body_excess / cfg.body_sd_m) ** 2
                              - cfg.exclusion_weight * excl)
+        if bend:  # the head lowered at the step: bending to the low shelf
+            scores[c.shopper] += cfg.dip_weight * min(head_dip(c.heights, cfg.body_at_step_s) / cfg.dip_full_m,
+                                                      1.0)
     if not scores:
         return Association(None, 0.0, 0.0, None, None, {}, [], True, "no shopper near the lanes")
     top = max(scores.values())

@@ -174,6 +174,18 @@ class AssociationConfig(_Cfg):
                                description="Body-to-lane distance at the step that costs nothing (where no hand "
                                            "is seen at the lane, who stood nearer is what is left to go by)")
     body_sd_m: float = Field(0.15, gt=0, title="Body sd", description="Spread beyond body_free_m")
+    dip_weight: float = Field(6.0, ge=0, title="Head-dip credit",
+                              description="Log-score added to a candidate whose head was lower at the step "
+                                          "than it stands (bending to a low shelf; fusion.association."
+                                          "head_dip), in full from a dip of dip_full_m, in proportion below "
+                                          "it; only for lanes reaching below dip_lanes_below_m (0: off)")
+    dip_full_m: float = Field(0.25, gt=0, title="Full head dip",
+                              description="A head this much lower at the step than standing earns the whole "
+                                          "head-dip credit")
+    dip_lanes_below_m: float = Field(0.8, ge=0, title="Head dip: lanes below",
+                                     description="The head-dip credit counts only for lanes whose bottom is "
+                                                 "lower than this (a picker bends to low shelves, not to high "
+                                                 "ones)")
     body_at_step_s: float = Field(0.5, ge=0, le=3.0, title="Body at the step",
                                   description="Judge the body's distance within this of the weight's step (of "
                                               "the event's middle, for a gateway that sends no step time): a "

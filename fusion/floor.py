@@ -88,6 +88,7 @@ class ShopperInfo:
     # positions (t, x, y) and wrist observations (t, camera, side, ox, oy, oz, dx, dy, dz, conf)
     path: list[tuple[float, float, float]] = field(default_factory=list)
     wrists: list[tuple] = field(default_factory=list)
+    heights: list[tuple[float, float]] = field(default_factory=list)  # (t, head height), with the path
     cameras: set[str] = field(default_factory=set)
     state: int = ACTIVE
     t: float = 0.0
@@ -104,6 +105,10 @@ class ShopperInfo:
     entry_colour: np.ndarray | None = None  # the running colour once it first counted (at the gate, for most)
     adoption_decided: bool = False  # an unbound shopper's adoption by a visit was weighed (once)
     adopted: bool = False  # bound to its visit by colour (fusion.engine.FusionEngine._adopt)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("heights", [])  # snapshots from before it was kept
 
     @property
     def x(self) -> float:
@@ -582,6 +587,7 @@ class FloorTracker:
             if s.origin == "unknown" and ts - s.created_t <= cfg.gate_origin_s and self.near_gate(x, y):
                 s.origin = "gate"  # placed off at first sight, at the gate the next moment: came in through it
             s.path.append((ts, x, y))
+            s.heights.append((ts, float(s.m[4])))
             where.append((s, x, y, *meas[r].floor))
             s.cameras.add(camera)
             if meas[r].colour is not None:
@@ -850,3 +856,5 @@ class FloorTracker:
                 del inf.path[:bisect_left(inf.path, horizon, key=_time_of)]
             if inf.wrists and inf.wrists[0][0] < horizon:
                 del inf.wrists[:bisect_left(inf.wrists, horizon, key=_time_of)]
+            if inf.heights and inf.heights[0][0] < horizon:
+                del inf.heights[:bisect_left(inf.heights, horizon, key=_time_of)]

@@ -112,7 +112,8 @@ def record_to_dict(rec: EvidenceRecord) -> dict[str, Any]:
             "times": _floats(c.wrists.times), "triangulated": _floats(c.wrists.triangulated),
             "single": _floats(c.wrists.single), "cameras": list(c.wrists.cameras),
             "located": [int(x) for x in c.wrists.located], "at_lanes": _floats(c.wrists.at_lanes)},
-            "profile": [None if math.isnan(x) else float(x) for x in c.profile]}
+            "profile": [None if math.isnan(x) else float(x) for x in c.profile],
+            "heights": [None if math.isnan(x) else float(x) for x in c.heights]}
             for c in ev.candidates],
     }
 
@@ -124,7 +125,8 @@ def evidence_of(row: dict[str, Any]) -> EventEvidence:
         cands.append(Candidate(c["shopper"], float(c["body"]), WristEvidence(
             np.asarray(w["times"], float), np.asarray(w["triangulated"], float), np.asarray(w["single"], float),
             list(w["cameras"]), np.asarray(w["located"], int), np.asarray(w["at_lanes"], float)),
-            np.array([np.nan if x is None else x for x in c.get("profile", [None] * len(PROFILE_S))], float)))
+            np.array([np.nan if x is None else x for x in c.get("profile", [None] * len(PROFILE_S))], float),
+            np.array([np.nan if x is None else x for x in c.get("heights", [None] * len(PROFILE_S))], float)))
     return EventEvidence(row["t_start"], row["t_end"], row["t_step"], row["lanes_low_m"], row["with_siblings"],
                          cands)
 
