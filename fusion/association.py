@@ -392,18 +392,25 @@ class Candidate:
     heights: np.ndarray = field(default_factory=lambda: np.full(len(PROFILE_S), np.nan))
 
 
-def height_profile(heights: list[tuple[float, float]], t_ref: float) -> np.ndarray:
-    """The head's height at ``t_ref + PROFILE_S`` from its history ``(t, h)`` (nan outside its times)."""
-    ts = t_ref + PROFILE_S
-    lo = max(bisect.bisect_left(heights, (ts[0],)) - 1, 0)
-    hi = bisect.bisect_right(heights, (ts[-1], math.inf)) + 1
-    part = np.asarray(heights[lo:hi], float).reshape(-1, 2)
-    out = np.full(len(ts), np.nan)
+def history_at(history: list[tuple[float, ...]], ts: np.ndarray, width: int) -> np.ndarray:
+    """A time-ordered history of ``(t, v1 .. v_width)`` rows at times ``ts`` (sorted), linearly interpolated,
+    ``(len(ts), width)``; nan rows outside its times.  Only the stretch around ``ts`` (and a row either side)
+    is read."""
+    lo = max(bisect.bisect_left(history, (ts[0],)) - 1, 0)
+    hi = bisect.bisect_right(history, (ts[-1], math.inf)) + 1
+    part = np.asarray(history[lo:hi], float).reshape(-1, width + 1)
+    out = np.full((len(ts), width), np.nan)
     if not len(part):
         return out
     inside = (ts >= part[0, 0]) & (ts <= part[-1, 0])
-    out[inside] = np.interp(ts[inside], part[:, 0], part[:, 1])
+    for j in range(width):
+        out[inside, j] = np.interp(ts[inside], part[:, 0], part[:, j + 1])
     return out
+
+
+def height_profile(heights: list[tuple[float, float]], t_ref: float) -> np.ndarray:
+    """The head's height at ``t_ref + PROFILE_S`` from its history ``(t, h)`` (nan outside its times)."""
+    return history_at(heights, t_ref + PROFILE_S, 1)[:, 0]
 
 
 DIP_STANDING_S = 1.5  # the head's standing height: from its heights this far or farther from the step ...
@@ -423,17 +430,11 @@ def head_dip(heights: np.ndarray, window_s: float) -> float:
 
 def body_profile(path: list[tuple[float, float, float]], boxes: list[Box], t_ref: float) -> np.ndarray:
     """The body's horizontal distance to ``boxes`` at ``t_ref + PROFILE_S`` (nan outside the path's times)."""
-    ts = t_ref + PROFILE_S
-    # the path is in time order: only the stretch around the offsets (and a sample either side) is needed
-    lo = max(bisect.bisect_left(path, (ts[0],)) - 1, 0)
-    hi = bisect.bisect_right(path, (ts[-1], math.inf, math.inf)) + 1
-    part = path[lo:hi]
-    out = np.full(len(ts), np.nan)
-    if not part:
-        return out
-    inside = (ts >= part[0][0]) & (ts <= part[-1][0])
+    xy = history_at(path, t_ref + PROFILE_S, 2)
+    out = np.full(len(PROFILE_S), np.nan)
+    inside = np.isfinite(xy[:, 0])
     if inside.any():
-        out[inside] = floor_box_distance(_path_at(part, ts[inside]), boxes)
+        out[inside] = floor_box_distance(xy[inside], boxes)
     return out
 
 
