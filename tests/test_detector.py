@@ -82,6 +82,25 @@ def test_blob_is_rgb_nchw_0_to_1():
     assert (lb.top, lb.left) == (40, 0)
 
 
+@pytest.mark.parametrize("shapes, hw, dtype", [
+    ([(480, 640)], (320, 320), np.float32),
+    ([(480, 640), (720, 1280), (200, 150)], (320, 320), np.float32),
+    ([(480, 640), (640, 480)], (256, 320), np.float16),
+])
+def test_blob_equals_the_strided_reference(shapes, hw, dtype):
+    """The plane-by-plane blob is exactly the one-step BGR -> RGB, NHWC -> NCHW, /255 conversion."""
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in shapes]
+    blob, placements = make_blob(frames, hw, dtype)
+    canvas = np.full((len(frames), *hw, 3), PAD_VALUE, np.uint8)
+    expect_lb = [letterbox_into(f, canvas[i]) for i, f in enumerate(frames)]
+    ref = np.ascontiguousarray(canvas[..., ::-1].transpose(0, 3, 1, 2), dtype=dtype)
+    ref *= dtype(1 / 255)
+    assert blob.dtype == dtype and blob.flags.c_contiguous
+    np.testing.assert_array_equal(blob, ref)
+    assert placements == expect_lb
+
+
 # ---------------------------------------------------------------------------------------------- NMS
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 60), st.sampled_from([0.3, 0.45, 0.7]))
