@@ -7,7 +7,7 @@ import pytest
 
 from calibration.store import store_from_dict
 from edge.shelf.detector import ShelfChange
-from edge.shelf.identify import Identifier
+from edge.shelf.identify import Identifier, IdentifyConfig
 from edge.shelf.planogram import Planogram
 
 T0 = 1_700_000_000.0
@@ -170,3 +170,47 @@ def test_twins_are_learnt_together_and_unlearnt_together() -> None:
 def test_put_quantities_and_misplacements(grams: float, expected: tuple) -> None:
     (put,) = Identifier(planogram()).identify(change({5: grams}), learn=False)
     assert (put.best.sku, put.best.qty, put.best.foreign) == expected
+
+
+# a snack bar on L2 between two chips lanes, a mint lane beyond; HER is a lighter bar on no lane here
+SPILL_PRODUCTS = {"SNK": (52.7, 0.8), "CHIPS": (150.0, 2.0), "HER": (46.5, 0.6), "MINT": (30.0, 0.5)}
+SPILL_LANES = ["CHIPS", "SNK", "CHIPS", "MINT"]
+
+
+def spill_planogram() -> Planogram:
+    return Planogram.from_store(store_from_dict({
+        "store": {"id": "spill", "size": [5.0, 5.0]},
+        "catalogue": [{"sku": k, "name": k, "price": 100, "weight_g": w, "weight_sd_g": sd}
+                      for k, (w, sd) in SPILL_PRODUCTS.items()],
+        "shelf_units": [{"id": "U", "shelves": [{"id": "S", "lanes": [
+            {"id": f"L{j + 1}", "sku": sku, "box": {"min": [0.1 * j, 1, 1], "max": [0.1 * j + 0.1, 1.3, 1.3]}}
+            for j, sku in enumerate(SPILL_LANES)]}]}],
+        "gates": [{"id": "G", "region": {"min": [0, 0], "max": [1, 0.5]}}],
+        "exits": [{"id": "X", "region": {"min": [2, 0], "max": [3, 0.5]}}],
+    }))
+
+
+@pytest.mark.parametrize("deltas, spill_prior, best", [
+    # 6 g of the bar on a chips plate, below the lane threshold (6 sds of 1 g): the bar, read with it
+    ({1: -46.4, 2: -5.5}, 0.02, "SNK"),
+    ({1: -46.4, 0: -5.5}, 0.02, "SNK"),  # either side
+    ({1: -46.4, 2: -5.5}, 0.0, "HER"),  # without the hidden spill the short reading is the lighter bar
+    ({1: -46.4, 2: 5.5}, 0.02, "HER"),  # the neighbour gained weight: no spill of a pick
+    ({1: -46.4}, 0.02, "HER"),  # nothing beside it: the lighter bar from elsewhere fits
+    ({1: -46.4, 2: -0.6}, 0.02, "HER"),  # the neighbour's noise is no spill
+    ({1: -52.6, 2: -2.0}, 0.02, "SNK"),  # a whole bar on its lane stays the bar
+])
+def test_a_spill_hidden_below_the_lane_threshold_is_read_back(deltas, spill_prior, best):
+    """An item lying partly on the next plate leaves it a change too small to count as involved, so the group
+    weighs less than the item and a lighter product from elsewhere can fit better (a Reese's read as an Advil
+    in a simulated session, held for review).  A same-signed change of an uninvolved neighbour is weighed as
+    such a hidden spill (``hidden_spill_prior`` per side) against the lane's noise."""
+    d = np.zeros(len(SPILL_LANES))
+    for j, v in deltas.items():
+        d[j] = v
+    ch = ShelfChange("S", [f"L{j + 1}" for j in range(len(SPILL_LANES))], T0, T0 + 1, T0 + 1.4, d,
+                     np.full(len(SPILL_LANES), 1.0), np.abs(d) >= 6.0)
+    parts = Identifier(spill_planogram(), IdentifyConfig(hidden_spill_prior=spill_prior)).identify(ch, learn=False)
+    assert len(parts) == 1 and parts[0].explained
+    assert parts[0].best.sku == best and parts[0].best.p > 0.8
+    assert [ln for ln, _ in parts[0].lanes] == ["L2"]

@@ -130,7 +130,8 @@ class ShelfGateway:
         det_cfg = detector or DetectorConfig(rate_hz=rate_hz)
         if det_cfg.rate_hz != rate_hz:
             det_cfg = DetectorConfig(**{**det_cfg.__dict__, "rate_hz": rate_hz})
-        self.identifier = Identifier(planogram, identify or IdentifyConfig(event_min_g=det_cfg.event_min_g))
+        self.identifier = Identifier(planogram, identify or IdentifyConfig(
+            event_min_g=det_cfg.event_min_g, hidden_spill_k=det_cfg.k_lane, hidden_spill_min_g=det_cfg.lane_min_g))
         self.detector = ShelfDetector(layout.shelves, det_cfg, explain=self.identifier.explained_lanes)
         self.aligner = Aligner(len(layout.cells), rate_hz, silent_s=silent_s, max_wait_s=max_wait_s)
         self._cell_index = {c: i for i, c in enumerate(layout.cells)}

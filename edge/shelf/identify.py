@@ -85,6 +85,12 @@ class IdentifyConfig:
     explain_min_share: float = 0.6  # ... and most of the moved grams lie on lanes holding it
     spill_max_share: float = 0.35  # two takes side by side: at most this much of one unit lay across the cut
     spill_prior: float = 0.1  # ... which happens this often
+    # an item lying partly on the next lane leaves it a change too small to count (below the detector's
+    # k_lane sds): the group then weighs less than the item.  A same-signed change of an uninvolved neighbour
+    # may be such a hidden spill, this often on each side
+    hidden_spill_prior: float = 0.02
+    hidden_spill_k: float = 6.0  # the detector's k_lane and lane_min_g: a hidden spill lies below the larger
+    hidden_spill_min_g: float = 3.0  # ... of this many sds of the lane and this many grams
     slide_sync_s: float = 0.2  # the two lanes of a slid item pass half their change no further apart than this
     min_p: float = 0.001
     max_candidates: int = 8
@@ -520,6 +526,18 @@ class Identifier:
         mu = w[:, None] * q[None, :]
         var = q[None, :] * sd[:, None] ** 2 + sd_meas2 + (c.rel_sd * mu) ** 2
         ll = -0.5 * (G - mu) ** 2 / var - 0.5 * np.log(var) - _LOG_SQRT_2PI
+        z = np.abs(G - mu) / np.sqrt(var)
+        spills = self._hidden_spills(change, lanes, sign)
+        if spills:  # the weight read with each neighbour's hidden spill added, as a mixture with it read alone
+            terms = [np.log1p(-c.hidden_spill_prior * len(spills)) + ll]
+            zs = [z]
+            for n, sd_n, log_odds in spills:
+                var_n = var + sd_n ** 2
+                ll_n = -0.5 * (G + n - mu) ** 2 / var_n - 0.5 * np.log(var_n) - _LOG_SQRT_2PI
+                terms.append(log_odds + ll_n)
+                zs.append(np.abs(G + n - mu) / np.sqrt(var_n))
+            ll = np.logaddexp.reduce(np.stack(terms), axis=0)
+            z = np.min(zs, axis=0)  # explained when either reading fits
         log_q = (q - 1) * np.log(c.qty_decay if sign < 0 else c.qty_decay_put)
         logp = ll + log_q[None, :] + (log_prior + loc)[:, None]
         if sign > 0:  # a shopper puts back what was taken: units not picked lately are less likely
@@ -536,8 +554,28 @@ class Identifier:
         evidence = float(np.logaddexp(log_unknown, top + np.log(np.exp(flat - top).sum()))
                          if np.isfinite(top) else log_unknown)
         prod = np.repeat(np.arange(idx.size), q.size)
-        z = (np.abs(G - mu) / np.sqrt(var)).ravel()
+        z = z.ravel()
         return _Scored(skus, np.tile(q, idx.size), flat, prod, foreign, log_unknown, evidence, z, shares)
+
+    def _hidden_spills(self, change: ShelfChange, lanes: list[int], sign: float
+                       ) -> list[tuple[float, float, float]]:
+        """The uninvolved lanes beside the group whose change has the group's sign: ``(grams, sd, log odds)``
+        each, the log odds of its change being a hidden spill of the group's item (uniform below the detector's
+        threshold, ``hidden_spill_prior``) rather than the lane's noise (normal, its sd)."""
+        c = self.cfg
+        if c.hidden_spill_prior <= 0:
+            return []
+        out = []
+        for j in (min(lanes) - 1, max(lanes) + 1):
+            if not 0 <= j < len(change.lanes) or change.involved[j]:
+                continue
+            n, sd_n = float(change.delta[j]) * sign, float(change.sd[j])
+            if n <= 0 or sd_n <= 0:
+                continue
+            noise = -0.5 * (n / sd_n) ** 2 - np.log(sd_n) - _LOG_SQRT_2PI
+            below = max(c.hidden_spill_min_g, c.hidden_spill_k * sd_n)
+            out.append((n, sd_n, float(np.log(c.hidden_spill_prior) - np.log(below) - noise)))
+        return out
 
     def _result(self, change: ShelfChange, lanes: list[int], sign: float, view: _View | None = None
                 ) -> Identified:
