@@ -9,6 +9,11 @@ Model (per group of lanes that moved together)
 * **Location**: the share of the group's moved grams that lies on lanes holding ``P`` (lanes next to them count
   ``neighbour_share``): an item straddling two plates spills onto a neighbour, but most of it lies on its own
   lanes.  The log-likelihood adds ``location_power * log(share)``.
+* **Hidden spill**: an item lying partly on the next plate may leave it a change too small to count (below the
+  detector's ``max(lane_min_g, k_lane * sd)``), so the group weighs less than the item.  Each uninvolved lane
+  beside the group whose change has the group's sign adds a reading of the weight with that change included
+  (its grams uniform below the threshold, ``hidden_spill_prior`` per side, against the lane's own noise); the
+  likelihood is the mixture of the readings, and a group is explained when either reading fits.
 * **Prior**: products on (or next to) the group's lanes share ``1 - foreign_prior - unknown_prior`` (a learnt
   weight twin only with the belief it was learnt with); other catalogue products share ``foreign_prior`` (a
   misplaced put-back; far smaller for picks).  For puts the prior follows what shoppers carry: products picked
