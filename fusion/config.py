@@ -39,10 +39,8 @@ class FloorConfig(_Cfg):
     head_height_sd_m: float = Field(0.15, gt=0, title="Head height spread", description="Its prior sd")
     head_height_range: tuple[float, float] = Field((1.0, 2.1), title="Head height bounds",
                                                    description="The filtered head height stays within these")
-    head_height_noise: float = Field(0.15, ge=0, title="Head height noise",
-                                     description="How fast the head height may change (crouch, lean), m/sqrt(s): "
-                                                 "with one camera's ray it splits a head's move between height "
-                                                 "and position (0.05 dragged a bending shopper along the ray)")
+    head_height_noise: float = Field(0.05, ge=0, title="Head height noise",
+                                     description="How fast the head height may change (crouch, lean), m/sqrt(s)")
     crouch_sd_m: float = Field(0.45, ge=0, title="Crouch spread",
                                description="How far a head may drop or rise at once when a shopper crouches to a "
                                            "low shelf or stands up (m): a track left over by the matching that "

@@ -46,12 +46,11 @@ def test_a_crouching_shopper_keeps_their_id():
 def test_without_the_crouch_hypothesis_the_crouched_track_is_a_new_shopper():
     """The same frames with the head height held to the filter's own pace: camera b's new track fits nobody,
     so it becomes a second shopper where its ray meets head height (the phantom that took a pick in a
-    simulated session).  (With the head height's noise at 0.05 m/sqrt(s), as it was then, the other cameras'
-    rays also dragged the first shopper off their place; at 0.15 they lower the head instead.)"""
+    simulated session) and the first is dragged off its place."""
     floor = _crouch(0.0)
     assert len(floor.live()) == 2
     assert floor.live()[1].origin == "unknown"
-    assert abs(floor.live()[0].m[0] - 3.4) < 0.25
+    assert abs(floor.live()[0].m[0] - 3.4) > 0.5
 
 
 @pytest.mark.parametrize("tracks_close, apart", [(True, True), (False, False)])
@@ -74,7 +73,7 @@ def test_a_crouch_seen_by_one_camera_moves_the_head_not_the_shopper(trigger, mos
     """Only camera b sees the shopper crouch (its track stays linked): its rays through the lowered head,
     taken at the standing height, would drag the shopper along them.  With the crouch trigger the ray that a
     crouch explains moves the head height instead (down to its lower bound, 1.0 m, which leaves the 0.25 m
-    below it as position error along the ray); without it the shopper ends up over a metre away."""
+    below it as position error along the ray); without it the shopper ends up metres away."""
     floor = FloorTracker(scene_store(), FloorConfig(crouch_trigger_chi2=trigger))
     for k in range(20):
         for cam in CAMS:
@@ -84,42 +83,9 @@ def test_a_crouch_seen_by_one_camera_moves_the_head_not_the_shopper(trigger, mos
     s = floor.live()[0]
     error = float(np.hypot(s.m[0] - 3.4, s.m[1] - 3.0))
     if most_error_m is None:
-        assert error > 1.0 and s.m[4] > 1.15
+        assert error > 1.5 and s.m[4] > 1.3
     else:
         assert error < most_error_m and s.m[4] < 1.1
-
-
-def _slow_crouch(head_height_noise: float) -> tuple[float, float]:
-    """Standing at (3, 3) for two seconds, seen by cameras b, a and c; then bending to a low shelf over 0.8 s
-    (the head 0.6 m lower and 0.3 m forward), seen by camera b alone, each frame's ray only a little off the
-    last (below the crouch trigger).  The largest distance between the filtered head and the true one, and
-    the filtered head height at the end."""
-    floor = FloorTracker(scene_store(), FloorConfig(head_height_noise=head_height_noise))
-    for k in range(20):
-        for cam in CAMS:
-            floor.update(cam, k * 0.1, [_seen(cam, 1, (3.0, 3.0, 1.6))])
-    worst = 0.0
-    for k in range(20, 40):
-        f = min((k - 19) / 8, 1.0)
-        head = (3.0 + 0.3 * f, 3.0, 1.6 - 0.6 * f)
-        floor.update("b", k * 0.1, [_seen("b", 1, head)])
-        s = floor.live()[0]
-        worst = max(worst, float(np.hypot(s.m[0] - head[0], s.m[1] - head[1])))
-    return worst, float(s.m[4])
-
-
-def test_a_slow_crouch_seen_by_one_camera_lowers_the_head_rather_than_moving_the_shopper():
-    """One camera's ray cannot tell a lower head from a shopper further along it; the head height's own noise
-    decides how the filter splits the difference.  At the default (0.15 m/sqrt(s): shoppers bend to low shelves
-    all the time) the slow bend costs less position and more height than at the old 0.05, where the shopper
-    was dragged along the ray and kept the speed it picked up (a picker placed a metre off in a simulated
-    session, the pick charged to their neighbour)."""
-    default = FloorConfig().head_height_noise
-    assert default == pytest.approx(0.15)
-    error, h = _slow_crouch(default)
-    error_old, h_old = _slow_crouch(0.05)
-    assert error < error_old - 0.3
-    assert h < h_old - 0.08
 
 
 @pytest.mark.parametrize("window_s, gate_at_s, origin", [
