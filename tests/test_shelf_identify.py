@@ -17,14 +17,15 @@ PRODUCTS = {"DUR": (105.0, 1.2), "ENR": (103.5, 1.2), "COLA": (355.0, 3.0), "TEA
 LANES = ["DUR", "ENR", "COLA", "COLA", "TEA", "GUM"]
 
 
-def planogram() -> Planogram:
+def planogram(products: dict[str, tuple[float, float]] = PRODUCTS, lanes: list[str] = LANES) -> Planogram:
+    """One shelf ``S`` of lanes ``L1``... holding ``lanes`` (skus), the catalogue ``products`` (weight, sd)."""
     store = store_from_dict({
         "store": {"id": "idf", "size": [5.0, 5.0]},
         "catalogue": [{"sku": k, "name": k, "price": 100, "weight_g": w, "weight_sd_g": sd}
-                      for k, (w, sd) in PRODUCTS.items()],
+                      for k, (w, sd) in products.items()],
         "shelf_units": [{"id": "U", "shelves": [{"id": "S", "lanes": [
             {"id": f"L{j + 1}", "sku": sku, "box": {"min": [0.1 * j, 1, 1], "max": [0.1 * j + 0.1, 1.3, 1.3]}}
-            for j, sku in enumerate(LANES)]}]}],
+            for j, sku in enumerate(lanes)]}]}],
         "gates": [{"id": "G", "region": {"min": [0, 0], "max": [1, 0.5]}}],
         "exits": [{"id": "X", "region": {"min": [2, 0], "max": [3, 0.5]}}],
     })
@@ -177,19 +178,6 @@ SPILL_PRODUCTS = {"SNK": (52.7, 0.8), "CHIPS": (150.0, 2.0), "HER": (46.5, 0.6),
 SPILL_LANES = ["CHIPS", "SNK", "CHIPS", "MINT"]
 
 
-def spill_planogram() -> Planogram:
-    return Planogram.from_store(store_from_dict({
-        "store": {"id": "spill", "size": [5.0, 5.0]},
-        "catalogue": [{"sku": k, "name": k, "price": 100, "weight_g": w, "weight_sd_g": sd}
-                      for k, (w, sd) in SPILL_PRODUCTS.items()],
-        "shelf_units": [{"id": "U", "shelves": [{"id": "S", "lanes": [
-            {"id": f"L{j + 1}", "sku": sku, "box": {"min": [0.1 * j, 1, 1], "max": [0.1 * j + 0.1, 1.3, 1.3]}}
-            for j, sku in enumerate(SPILL_LANES)]}]}],
-        "gates": [{"id": "G", "region": {"min": [0, 0], "max": [1, 0.5]}}],
-        "exits": [{"id": "X", "region": {"min": [2, 0], "max": [3, 0.5]}}],
-    }))
-
-
 @pytest.mark.parametrize("deltas, spill_prior, best", [
     # 6 g of the bar on a chips plate, below the lane threshold (6 sds of 1 g): the bar, read with it
     ({1: -46.4, 2: -5.5}, 0.02, "SNK"),
@@ -210,7 +198,7 @@ def test_a_spill_hidden_below_the_lane_threshold_is_read_back(deltas, spill_prio
         d[j] = v
     ch = ShelfChange("S", [f"L{j + 1}" for j in range(len(SPILL_LANES))], T0, T0 + 1, T0 + 1.4, d,
                      np.full(len(SPILL_LANES), 1.0), np.abs(d) >= 6.0)
-    parts = Identifier(spill_planogram(), IdentifyConfig(hidden_spill_prior=spill_prior)).identify(ch, learn=False)
+    parts = Identifier(planogram(SPILL_PRODUCTS, SPILL_LANES), IdentifyConfig(hidden_spill_prior=spill_prior)).identify(ch, learn=False)
     assert len(parts) == 1 and parts[0].explained
     assert parts[0].best.sku == best and parts[0].best.p > 0.8
     assert [ln for ln, _ in parts[0].lanes] == ["L2"]
