@@ -25,6 +25,7 @@ from pathlib import Path
 
 from calibration.config import ConfigError
 from walkout.commands.replay import speed
+from walkout.signals import set_from_signal
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum, frame):
-        stop.set()
+        set_from_signal(stop)
         for s in sources:
             s.close()
 

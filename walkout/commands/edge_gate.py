@@ -25,6 +25,7 @@ from calibration.config import ConfigError
 from calibration.store import base_dir_of, load_store
 from edge.gate import EntryGate, SourceError, scan_lines
 from walkout import __version__
+from walkout.signals import set_from_signal
 from wire.clock import start_on_store_clock
 from wire.entry_codes import UsedCodes, load_secret
 from wire.topics import Kind
@@ -130,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
-        stop.set()
+        set_from_signal(stop)
         raise _Stop
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,6 +31,7 @@ from edge.shelf.gateway import Layout, ShelfGateway, run
 from edge.shelf.planogram import Planogram
 from edge.shelf.readers import CsvFolderReader, LineReader, McapReader, Reader, load_calibration
 from walkout import __version__
+from walkout.signals import set_from_signal
 from wire.clock import start_on_store_clock
 from wire.codec import encode
 from wire.messages import ShelfEventMsg
@@ -153,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum, frame):
-        stop.set()
+        set_from_signal(stop)
         reader.close()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ import threading
 from calibration.config import ConfigError
 from calibration.store import load_store
 from walkout import __version__
+from walkout.signals import set_from_signal
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
-        stop.set()
+        set_from_signal(stop)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)

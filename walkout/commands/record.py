@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from walkout.commands.replay import broker
+from walkout.signals import set_from_signal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     recorder = Recorder(transport, writer)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: set_from_signal(stop))
     transport.start()
     if not transport.wait_ready(30.0):
         print(f"error: no broker at {host}:{port} after 30 s", file=sys.stderr)
