@@ -46,10 +46,10 @@ class FloorConfig(_Cfg):
                                            "low shelf or stands up (m): a track left over by the matching that "
                                            "fits an active shopper only with the head height this much less sure "
                                            "joins them instead of becoming a new shopper (0: never)")
-    crouch_trigger_chi2: float = Field(3.0, ge=0, title="Crouch trigger",
+    crouch_trigger_chi2: float = Field(1.0, ge=0, title="Crouch trigger",
                                        description="A matched head ray this far (Mahalanobis^2) from its shopper "
                                                    "(0: never) ...")
-    crouch_explains: float = Field(0.5, ge=0, le=1, title="Crouch explains",
+    crouch_explains: float = Field(0.8, ge=0, le=1, title="Crouch explains",
                                    description="... that the head height crouch_sd_m less sure brings below this "
                                                "fraction of it moves the head height, not the position: the ray "
                                                "of a crouching shopper's head would otherwise drag them along it")

@@ -88,6 +88,29 @@ def test_a_crouch_seen_by_one_camera_moves_the_head_not_the_shopper(trigger, mos
         assert error < most_error_m and s.m[4] < 1.1
 
 
+@pytest.mark.parametrize("trigger, explains, drag_m", [
+    (FloorConfig().crouch_trigger_chi2, FloorConfig().crouch_explains, (0.0, 0.35)),  # the defaults
+    (3.0, 0.5, (0.6, 9.9)),  # the settings before 2026-12-03: each ray a little off, the filter follows it
+])
+def test_a_gradual_crouch_seen_by_one_camera_stays_put(trigger, explains, drag_m):
+    """Seen only by camera b, the shopper crouches over 0.6 s (head 1.6 -> 1.0 m, 0.3 m forward towards b):
+    each frame's ray is only a little off the last (simulated standard 511: a picker dragged a metre off to
+    where a neighbour stood).  A trigger at squared distance 1, with the crouch explaining a fifth of it,
+    keeps the head's floor position within 0.35 m all through; the old settings lag 0.6 m or more."""
+    floor = FloorTracker(scene_store(), FloorConfig(crouch_trigger_chi2=trigger, crouch_explains=explains))
+    for k in range(20):
+        for cam in CAMS:
+            floor.update(cam, k * 0.1, [_seen(cam, 1, (3.0, 3.0, 1.6))])
+    worst = 0.0
+    for k in range(1, 21):
+        f = min(k / 6, 1.0)
+        head = (3.0 + 0.3 * f, 3.0, 1.6 - 0.6 * f)
+        floor.update("b", (19 + k) * 0.1, [_seen("b", 1, head)])
+        s = floor.live()[0]
+        worst = max(worst, float(np.hypot(s.m[0] - head[0], s.m[1] - head[1])))
+    assert drag_m[0] <= worst < drag_m[1]
+
+
 @pytest.mark.parametrize("window_s, gate_at_s, origin", [
     (1.0, 0.2, "gate"),  # placed 2.6 m from the gate at first sight, at it 0.2 s later: came in through it
     (0.0, 0.2, "unknown"),  # the window off: where they were first placed decides
