@@ -2,12 +2,14 @@
 
 A line never changes once written; totals and the receipt are derived from the lines.  A put-back removes from
 the cart of the shopper who put it back, matching the product among that cart's items by the shelf's weight
-candidates (:func:`choose_put_back`), or, when none of those is in the cart, by the weight itself
+candidates (:func:`choose_put_back`, after reweighing them by what the cart's own items weighed when picked:
+:func:`item_weight_factors`), or, when none of those is in the cart, by the weight itself
 (:func:`match_by_weight`: an item put back on another product's lane of a close weight).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ class Line:
     cameras: tuple[str, ...] = ()
     reason: str = ""
     lanes: tuple[str, ...] = ()
+    grams: float | None = None  # the shelf's measured weight change behind the line (absolute), if weighed
 
     @property
     def amount(self) -> int:
@@ -85,6 +88,57 @@ class Cart:
                 out.append({"sku": sku, "name": p.name if p else sku, "qty": qty, "unit_price": price[sku],
                             "amount": qty * price[sku], "uncertain": sku in flagged})
         return out
+
+
+def item_weight_factors(cart: Cart, candidates: list[tuple[str, int, float]], delta_g: float,
+                        weights: dict[str, tuple[float, float]], event_sd_g: float,
+                        odd_share: float) -> list[tuple[str, int, float]]:
+    """The shelf's put-back candidates reweighed by the weights the cart's own items had when they were picked.
+
+    The shelf reads a put-back against the catalogue (unit weight mean and sd per product); an item put back
+    came out of this cart, and its pick was weighed too.  Two products of near the same catalogue weight (a
+    Twix and a pack of peanut M&Ms, 1-2 g apart) the catalogue cannot tell apart, but the very item that was
+    picked weighs within the shelf's own error (``event_sd_g`` per weighing) of what it weighs on return.  Each
+    candidate's p is multiplied by the likelihood of ``delta_g`` under the cart's picked items of that product
+    (a mixture over its weighed pick lines: a line of n items predicts q of them at q/n of its grams, spread by
+    both weighings and, for part of a line, the unit spread) over its likelihood under the catalogue, and the
+    candidates renormalised.  Both likelihoods carry an ``odd_share`` of odd weighings (uniform within ten
+    catalogue spreads), so a weighing far from everything rules nothing out.  Candidates with no weighed pick
+    line in the cart keep their factor 1."""
+    d = abs(delta_g)
+    s2 = event_sd_g * event_sd_g
+    lines: dict[str, list[Line]] = {}
+    for ln in cart.lines:
+        if ln.kind == "pick" and ln.qty > 0 and ln.grams is not None:
+            lines.setdefault(ln.sku, []).append(ln)
+    out = []
+    for sku, q, p in candidates:
+        own = lines.get(sku)
+        if not own or sku not in weights:
+            out.append((sku, q, p))
+            continue
+        mu, sd = weights[sku]
+        cat_var = q * sd * sd + s2
+        odd = odd_share / (20.0 * math.sqrt(cat_var))  # an odd weighing: anywhere within 10 spreads either way
+        cat = (1 - odd_share) * _normal(d, q * mu, cat_var) + odd
+        num = den = 0.0
+        for ln in own:
+            n = ln.qty
+            if q > n:
+                continue
+            var = s2 + (q / n) ** 2 * s2 + q * (n - q) / n * sd * sd
+            num += n * _normal(d, ln.grams * q / n, var)
+            den += n
+        if den == 0:
+            out.append((sku, q, p))
+            continue
+        out.append((sku, q, p * ((1 - odd_share) * num / den + odd) / cat))
+    total = sum(c[2] for c in out)
+    return [(sku, q, p / total) for sku, q, p in out] if total > 0 else list(candidates)
+
+
+def _normal(x: float, mean: float, var: float) -> float:
+    return math.exp(-0.5 * (x - mean) ** 2 / var) / math.sqrt(2 * math.pi * var)
 
 
 def match_by_weight(cart: Cart, delta_g: float, weights: dict[str, tuple[float, float]], shelf_sd_g: float,

@@ -208,6 +208,14 @@ class AssociationConfig(_Cfg):
                                      description="A put-back's product is judged among what the cart holds "
                                                  "when those candidates carry at least this much of the shelf's "
                                                  "probability; else the shelf's own probability stands")
+    put_back_item_sd_g: float = Field(1.0, ge=0, title="Item weighing spread",
+                                      description="The shelf's error (g) per weighing when a put-back's candidates "
+                                                  "are reweighed by what the cart's own items weighed when picked "
+                                                  "(0: not reweighed; fusion.carts.item_weight_factors)")
+    put_back_item_odd: float = Field(0.05, ge=0, le=1, title="Odd item weighings",
+                                     description="The share of weighings taken as odd (anywhere within ten "
+                                                 "spreads) in that reweighing: one far from everything rules "
+                                                 "no product out")
     put_back_weight_sd_g: float = Field(1.5, gt=0, title="Put-back weighing spread",
                                         description="The shelf's weighing error (g) when a put-back the shelf read "
                                                     "as a product the cart does not hold is matched against the "

@@ -41,7 +41,7 @@ from fusion.association import (
     weigh_among,
     weigh_siblings,
 )
-from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
+from fusion.carts import Cart, Line, choose_put_back, item_weight_factors, match_by_weight, weight_z
 from fusion.config import FusionConfig
 from fusion.floor import LOST, FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
@@ -716,6 +716,9 @@ class FusionEngine:
                 return sku in units and weight_z(ev.delta_g, qty, units[sku],
                                                  cfg.put_back_weight_sd_g) <= cfg.put_back_weight_sure_z
 
+            if cfg.put_back_item_sd_g > 0:
+                cands = item_weight_factors(cart, cands, ev.delta_g, units, cfg.put_back_item_sd_g,
+                                            cfg.put_back_item_odd)
             choice = choose_put_back(cart, cands, cfg.put_back_min_mass, weighs_right)
             weighed = None
             if choice is None and cfg.put_back_weight_max_z > 0:
@@ -748,7 +751,8 @@ class FusionEngine:
         if kind == "misplaced_return":
             self._remember_misplaced(ev, sku, -qty, 0.0 if reasons_extra else p)
         return Line(line_id=ev.event_id, kind=kind, sku=sku, qty=qty, unit_price=price,
-                    confidence=round(a.p * p, 4), uncertain=bool(reasons), reason="; ".join(reasons), **base)
+                    confidence=round(a.p * p, 4), uncertain=bool(reasons), reason="; ".join(reasons),
+                    grams=abs(ev.delta_g), **base)
 
     def _remember_misplaced(self, ev: ShelfEventMsg, sku: str, count: int, p: float) -> None:
         """Keep a misplaced return (``count`` x ``sku`` as resolved from the cart, ``p`` how sure of the

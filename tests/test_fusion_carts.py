@@ -3,9 +3,11 @@ when the shelf read it as something the cart does not hold (``match_by_weight``)
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from fusion.carts import Cart, Line, choose_put_back, match_by_weight, weight_z
+from fusion.carts import Cart, Line, choose_put_back, item_weight_factors, match_by_weight, weight_z
 
 SHELF = [("POWERADE", 1, 0.65), ("GATORADE", 1, 0.30), ("WATER", 2, 0.05)]  # a misplaced 640 g return
 
@@ -79,3 +81,40 @@ def test_a_put_back_nothing_on_the_shelf_explains_is_matched_to_the_cart_by_weig
         assert got is None
     else:
         assert got[:2] == expected[:2] and got[2] == pytest.approx(expected[2])
+
+
+# two candy bars the catalogue cannot tell apart (55.0 and 53.5 g, 0.8 g spread; the shelf weighs to 1 g)
+BAR_WEIGHTS = {"TWIX": (55.0, 0.8), "MMS": (53.5, 0.8)}
+
+
+def _shelf(delta_g: float) -> list[tuple[str, int, float]]:
+    """The shelf's belief from the catalogue alone, as the gateway's identification gives it."""
+    like = {sku: math.exp(-0.5 * (abs(delta_g) - mu) ** 2 / (sd * sd + 1.0)) for sku, (mu, sd) in
+            BAR_WEIGHTS.items()}
+    total = sum(like.values())
+    return [(sku, 1, v / total) for sku, v in like.items()]
+
+
+def _weighed(*picks: tuple[str, int, float | None]) -> Cart:
+    cart = Cart("v1")
+    for k, (sku, qty, grams) in enumerate(picks):
+        cart.append(Line(line_id=f"e{k}", kind="pick", sku=sku, qty=qty, unit_price=100, confidence=1.0,
+                         margin=1.0, uncertain=False, t=float(k), grams=grams))
+    return cart
+
+
+@pytest.mark.parametrize(("picks", "delta_g", "twix"), [
+    # a light Twix (53.6 g) and a heavy M&Ms (55.2 g) picked: the catalogue reads 53.7 g as the M&Ms
+    ((("TWIX", 1, 53.6), ("MMS", 1, 55.2)), 53.7, (0.6, 1.0)),
+    ((("TWIX", 1, 53.6), ("MMS", 1, 55.2)), -55.1, (0.0, 0.4)),  # ... and 55.1 g as the Twix (sign: either)
+    ((("TWIX", 1, 54.3), ("MMS", 1, 54.3)), 54.3, (0.4, 0.6)),  # both weighed alike: no help
+    ((("TWIX", 1, None), ("MMS", 1, None)), 53.7, (0.3, 0.4)),  # lines not weighed: the shelf's p stands
+    ((("TWIX", 2, 107.2), ("MMS", 1, 55.2)), 53.7, (0.6, 1.0)),  # one of a pair: half the pair's grams
+    ((("TWIX", 1, 53.6), ("MMS", 1, 55.2)), 75.0, (0.99, 1.0)),  # far from every item: the shelf's reading stands
+])
+def test_a_put_back_is_reweighed_by_what_the_carts_items_weighed(picks, delta_g, twix):
+    shelf = _shelf(delta_g)
+    got = item_weight_factors(_weighed(*picks), shelf, delta_g, BAR_WEIGHTS, 1.0, 0.05)
+    p = {sku: pr for sku, _, pr in got}
+    assert sum(p.values()) == pytest.approx(1.0)
+    assert twix[0] <= p["TWIX"] <= twix[1], ({s: q for s, _, q in shelf}, p)
