@@ -420,12 +420,16 @@ DIP_STANDING_Q = 75  # ... their upper quartile (bending only lowers the head; t
 
 def head_dip(heights: np.ndarray, window_s: float) -> float:
     """How much lower the head was within ``window_s`` of the step than it stands (the upper quartile of its
-    heights at offsets of ``DIP_STANDING_S`` or more): 0 when it was not lower or not tracked."""
+    heights at offsets of ``DIP_STANDING_S`` or more): 0 when it was not lower or not tracked.  The low is
+    the second-lowest height near the step where there are two: a bend lasts, while one odd height (a head
+    ray the floor tracker read as a crouch for a frame) is a bystander's noise."""
     near = heights[np.abs(PROFILE_S) <= window_s]
     away = heights[np.abs(PROFILE_S) >= DIP_STANDING_S]
-    if not (np.isfinite(near).any() and np.isfinite(away).any()):
+    near = near[np.isfinite(near)]
+    if not (near.size and np.isfinite(away).any()):
         return 0.0
-    return max(0.0, float(np.nanpercentile(away, DIP_STANDING_Q) - np.nanmin(near)))
+    low = float(np.partition(near, 1)[1]) if near.size >= 2 else float(near[0])
+    return max(0.0, float(np.nanpercentile(away, DIP_STANDING_Q)) - low)
 
 
 def body_profile(path: list[tuple[float, float, float]], boxes: list[Box], t_ref: float) -> np.ndarray:

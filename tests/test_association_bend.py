@@ -53,6 +53,10 @@ def test_the_height_profile_is_the_head_height_around_the_step_and_nan_where_unt
     (_heights(1.7, 0.45, t0=-1.0, t1=1.0), 0.0, "not tracked before or after: no standing height to compare"),
     ([(t, h - (0.3 if t < T_STEP - 2.6 else 0.0)) for t, h in _heights(1.7, 0.45, t1=0.5)], 0.45,
      "bent for something else until 2.6 s before, tracked only until just after: standing is the upper quartile"),
+    ([(t, h - (0.15 if abs(t - T_STEP) < 0.05 else 0.0)) for t, h in _heights(1.7)], 0.0,
+     "one odd height at the step (a bystander's head ray read as a crouch for a frame): no dip"),
+    ([(t, h - (0.15 if abs(t - T_STEP) < 0.05 else 0.0)) for t, h in _heights(1.7, 0.45)], 0.45,
+     "the same odd height in a bend: the bend"),
 ])
 def test_the_head_dip_is_how_much_lower_the_head_was_at_the_step(history, dip: float, why: str) -> None:
     assert head_dip(height_profile(history, T_STEP), 0.5) == pytest.approx(dip, abs=1e-9), why
