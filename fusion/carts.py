@@ -3,7 +3,7 @@
 A line never changes once written; totals and the receipt are derived from the lines.  A put-back removes from
 the cart of the shopper who put it back, matching the product among that cart's items by the shelf's weight
 candidates (:func:`choose_put_back`, after reweighing them by what the cart's own items weighed when picked:
-:func:`item_weight_factors`), or, when none of those is in the cart, by the weight itself
+:func:`item_weight_factors` of :func:`weighed_items`), or, when none of those is in the cart, by the weight itself
 (:func:`match_by_weight`: an item put back on another product's lane of a close weight).
 """
 
@@ -90,30 +90,36 @@ class Cart:
         return out
 
 
-def item_weight_factors(cart: Cart, candidates: list[tuple[str, int, float]], delta_g: float,
-                        weights: dict[str, tuple[float, float]], event_sd_g: float,
-                        odd_share: float) -> list[tuple[str, int, float]]:
-    """The shelf's put-back candidates reweighed by the weights the cart's own items had when they were picked.
-
-    The shelf reads a put-back against the catalogue (unit weight mean and sd per product); an item put back
-    came out of this cart, and its pick was weighed too.  Two products of near the same catalogue weight (a
-    Twix and a pack of peanut M&Ms, 1-2 g apart) the catalogue cannot tell apart, but the very item that was
-    picked weighs within the shelf's own error (``event_sd_g`` per weighing) of what it weighs on return.  Each
-    candidate's p is multiplied by the likelihood of ``delta_g`` under the cart's picked items of that product
-    (a mixture over its weighed pick lines: a line of n items predicts q of them at q/n of its grams, spread by
-    both weighings and, for part of a line, the unit spread) over its likelihood under the catalogue, and the
-    candidates renormalised.  Both likelihoods carry an ``odd_share`` of odd weighings (uniform within ten
-    catalogue spreads), so a weighing far from everything rules nothing out.  Candidates with no weighed pick
-    line in the cart keep their factor 1."""
-    d = abs(delta_g)
-    s2 = event_sd_g * event_sd_g
-    lines: dict[str, list[Line]] = {}
+def weighed_items(cart: Cart) -> dict[str, list[tuple[float, int]]]:
+    """The cart's weighed pick lines per product: (grams, quantity) each, for :func:`item_weight_factors`."""
+    items: dict[str, list[tuple[float, int]]] = {}
     for ln in cart.lines:
         if ln.kind == "pick" and ln.qty > 0 and ln.grams is not None:
-            lines.setdefault(ln.sku, []).append(ln)
+            items.setdefault(ln.sku, []).append((ln.grams, ln.qty))
+    return items
+
+
+def item_weight_factors(items: dict[str, list[tuple[float, int]]], candidates: list[tuple[str, int, float]],
+                        delta_g: float, weights: dict[str, tuple[float, float]], event_sd_g: float,
+                        odd_share: float) -> list[tuple[str, int, float]]:
+    """The shelf's candidates reweighed by what the very items they could be weighed before.
+
+    The shelf reads a change against the catalogue (unit weight mean and sd per product).  An item put back
+    came out of the cart, and its pick was weighed (:func:`weighed_items`); an item taken from a lane where
+    goods were misplaced was weighed when it was put there.  Two products of near the same catalogue weight (a
+    Twix and a pack of peanut M&Ms, 1-2 g apart) the catalogue cannot tell apart, but the very item weighs
+    within the shelf's own error (``event_sd_g`` per weighing) of what it weighed before.  Each candidate's p
+    is multiplied by the likelihood of ``delta_g`` under the known ``items`` of that product (sku -> (grams,
+    quantity) of each weighing: a mixture over them; n items weighed together predict q of them at q/n of
+    the grams, spread by both weighings and, for part of them, the unit spread) over its likelihood under the
+    catalogue, and the candidates renormalised.  Both likelihoods carry an ``odd_share`` of odd weighings
+    (uniform within ten catalogue spreads), so a weighing far from everything rules nothing out.  Candidates
+    with no known items keep their factor 1."""
+    d = abs(delta_g)
+    s2 = event_sd_g * event_sd_g
     out = []
     for sku, q, p in candidates:
-        own = lines.get(sku)
+        own = items.get(sku)
         if not own or sku not in weights:
             out.append((sku, q, p))
             continue
@@ -122,12 +128,11 @@ def item_weight_factors(cart: Cart, candidates: list[tuple[str, int, float]], de
         odd = odd_share / (20.0 * math.sqrt(cat_var))  # an odd weighing: anywhere within 10 spreads either way
         cat = (1 - odd_share) * _normal(d, q * mu, cat_var) + odd
         num = den = 0.0
-        for ln in own:
-            n = ln.qty
+        for grams, n in own:
             if q > n:
                 continue
             var = s2 + (q / n) ** 2 * s2 + q * (n - q) / n * sd * sd
-            num += n * _normal(d, ln.grams * q / n, var)
+            num += n * _normal(d, grams * q / n, var)
             den += n
         if den == 0:
             out.append((sku, q, p))

@@ -41,7 +41,15 @@ from fusion.association import (
     weigh_among,
     weigh_siblings,
 )
-from fusion.carts import Cart, Line, choose_put_back, item_weight_factors, match_by_weight, weight_z
+from fusion.carts import (
+    Cart,
+    Line,
+    choose_put_back,
+    item_weight_factors,
+    match_by_weight,
+    weighed_items,
+    weight_z,
+)
 from fusion.config import FusionConfig
 from fusion.floor import LOST, FloorTracker, TrackObs
 from fusion.visits import Visit, Visits
@@ -707,7 +715,7 @@ class FusionEngine:
             return None
         reasons_extra: list[str] = []
         if ev.action == "pick":
-            sku, qty, p = self._misplaced_taken(ev, cands) or cands[0]
+            sku, qty, p = self._misplaced_taken(ev, cands) or self._misplaced_weighed(ev, cands)[0]
             kind = "pick"
         else:
             units = self.unit_weights
@@ -717,7 +725,7 @@ class FusionEngine:
                                                  cfg.put_back_weight_sd_g) <= cfg.put_back_weight_sure_z
 
             if cfg.put_back_item_sd_g > 0:
-                cands = item_weight_factors(cart, cands, ev.delta_g, units, cfg.put_back_item_sd_g,
+                cands = item_weight_factors(weighed_items(cart), cands, ev.delta_g, units, cfg.put_back_item_sd_g,
                                             cfg.put_back_item_odd)
             choice = choose_put_back(cart, cands, cfg.put_back_min_mass, weighs_right)
             weighed = None
@@ -764,6 +772,24 @@ class FusionEngine:
         self._misplaced = [m for m in self._misplaced if m.t > ev.t_end - keep and m.count > 0]
         lane = max(ev.lanes, key=lambda ln: (abs(ln.delta_g), ln.lane)).lane
         self._misplaced.append(_Misplaced(lane, sku, abs(ev.delta_g) / count, count, ev.t_end, p))
+
+    def _misplaced_weighed(self, ev: ShelfEventMsg, cands: list[tuple[str, int, float]]
+                           ) -> list[tuple[str, int, float]]:
+        """The candidates of a pick that took none of the misplaced goods fusion knows on its lanes, reweighed
+        by what those goods weighed (:func:`fusion.carts.item_weight_factors`): a product the shelf guessed only
+        because an item of it lies on the lane now, which weighed something else, is unlikely (a Caesar
+        salad misplaced on the Popcorners lane weighed 312.8 g; a pick of 303.9 g there was two Popcorners)."""
+        cfg = self.cfg.association
+        lanes = {ln.lane for ln in ev.lanes}
+        items: dict[str, list[tuple[float, int]]] = {}
+        for m in self._misplaced:
+            if m.lane in lanes and m.count > 0 and m.t < ev.t_start:
+                items.setdefault(m.sku, []).append((m.unit_g * m.count, m.count))
+        if not items or cfg.put_back_item_sd_g <= 0:
+            return cands
+        out = item_weight_factors(items, cands, ev.delta_g, self.unit_weights, cfg.put_back_item_sd_g,
+                                  cfg.put_back_item_odd)
+        return sorted(out, key=lambda c: -c[2])
 
     def _misplaced_taken(self, ev: ShelfEventMsg, cands: list[tuple[str, int, float]]
                          ) -> tuple[str, int, float] | None:

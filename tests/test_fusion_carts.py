@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from fusion.carts import Cart, Line, choose_put_back, item_weight_factors, match_by_weight, weight_z
+from fusion.carts import (
+    Cart,
+    Line,
+    choose_put_back,
+    item_weight_factors,
+    match_by_weight,
+    weighed_items,
+    weight_z,
+)
 
 SHELF = [("POWERADE", 1, 0.65), ("GATORADE", 1, 0.30), ("WATER", 2, 0.05)]  # a misplaced 640 g return
 
@@ -114,7 +122,7 @@ def _weighed(*picks: tuple[str, int, float | None]) -> Cart:
 ])
 def test_a_put_back_is_reweighed_by_what_the_carts_items_weighed(picks, delta_g, twix):
     shelf = _shelf(delta_g)
-    got = item_weight_factors(_weighed(*picks), shelf, delta_g, BAR_WEIGHTS, 1.0, 0.05)
+    got = item_weight_factors(weighed_items(_weighed(*picks)), shelf, delta_g, BAR_WEIGHTS, 1.0, 0.05)
     p = {sku: pr for sku, _, pr in got}
     assert sum(p.values()) == pytest.approx(1.0)
     assert twix[0] <= p["TWIX"] <= twix[1], ({s: q for s, _, q in shelf}, p)

@@ -978,20 +978,26 @@ def test_an_item_put_back_on_another_products_lane_comes_off_the_cart_by_its_wei
                    for x in r.reasons)
 
 
-@pytest.mark.parametrize("grams, shelf_read, memory_s, dave_pays", [
-    (None, ("P5", 0.95, True), 3600.0, {"P2": 1}),  # the shelf's misplaced "P5" is carol's P2, as her cart knew
-    (None, ("P5", 0.95, True), 0.0, {"P5": 1}),  # without the memory: what the shelf read
-    (None, ("P5", 0.6, False), 3600.0, {"P2": 1}),  # the shelf unsure, not even of misplaced goods: the same
-    (None, ("P3", 0.99, False), 3600.0, {"P3": 1}),  # the shelf sure of the lane's own product: it stands
-    (274.0, ("P3", 0.99, True), 3600.0, {"P3": 1}),  # a P3's weight, not the P2's: not those goods
-], ids=["misplaced-p2", "memory-off", "shelf-unsure", "shelf-sure-own", "other-weight"])
+@pytest.mark.parametrize("grams, shelf_read, memory_s, item_sd, dave_pays, decision", [
+    (None, [("P5", 0.95, True)], 3600.0, 1.0, {"P2": 1}, "charge"),  # the shelf's misplaced "P5" is carol's P2
+    (None, [("P5", 0.95, True)], 0.0, 1.0, {"P5": 1}, "charge"),  # without the memory: what the shelf read
+    (None, [("P5", 0.6, False)], 3600.0, 1.0, {"P2": 1}, "charge"),  # the shelf unsure, not even of misplaced
+    (None, [("P3", 0.99, False)], 3600.0, 1.0, {"P3": 1}, "charge"),  # sure of the lane's own product: it stands
+    (274.0, [("P3", 0.99, True)], 3600.0, 1.0, {"P3": 1}, "charge"),  # a P3's weight, not the P2's
+    # 11 g less than the P2 lying there weighed, within the P2's catalogue spread: the shelf half takes it for
+    # that P2, but the P2 weighed otherwise -- the lane's own product (a store's Caesar salad and Popcorners)
+    (226.8, [("P2", 0.55, True), ("P3", 0.45, False)], 3600.0, 1.0, {"P3": 1}, "charge"),
+    (226.8, [("P2", 0.55, True), ("P3", 0.45, False)], 3600.0, 0.0, {"P2": 1}, "hold"),  # not weighed: unsure
+], ids=["misplaced-p2", "memory-off", "shelf-unsure", "shelf-sure-own", "other-weight", "weighed-otherwise",
+        "weighed-otherwise-off"])
 def test_goods_put_back_on_another_lane_are_what_the_next_picker_there_pays_for(grams, shelf_read, memory_s,
-                                                                                  dave_pays):
+                                                                                  item_sd, dave_pays, decision):
     """Carol picks a P2 from L2 and puts it back on L3, P3's lane; the shelf takes the +237 g there for a P5
     (a near twin by weight) and fusion, from carol's cart, for her P2.  Later Dave takes it from L3: the shelf
-    reads ``shelf_read`` (sku, p, foreign).  Fusion remembers what was put back where
-    (``association.misplaced_memory_s``) and charges Dave for the P2 -- when the weight is the P2's and the
-    shelf took it for misplaced goods or was unsure."""
+    reads ``shelf_read`` (sku, p, foreign each).  Fusion remembers what was put back where, and what it
+    weighed (``association.misplaced_memory_s``), and charges Dave for the P2 -- when the weight is the P2's
+    and the shelf took it for misplaced goods or was unsure; a weight well off the P2's makes the P2 unlikely
+    (``association.put_back_item_sd_g``)."""
     l2, l3 = lane_target(STORE, "L2"), lane_target(STORE, "L3")
     carol = ScriptedShopper("carol", [(1.0, 0.5, 0.5), (2.0, 0.8, 1.2), (5.0, 1.5, 2.65), (12.0, 1.5, 2.65),
                                       (15.0, 5.5, 0.5), (15.5, 5.6, 0.3)], [(6.0, 7.0, l2), (9.0, 10.0, l3)])
@@ -1003,19 +1009,21 @@ def test_goods_put_back_on_another_lane_are_what_the_next_picker_there_pays_for(
                         candidates=[Candidate(sku="P5", qty=1, p=0.7, foreign=True),
                                     Candidate(sku="P2", qty=1, p=0.3, foreign=True)])
     g = -(grams if grams is not None else put_g - 0.5)
-    sku, p, foreign = shelf_read
     pick = ShelfEventMsg(source="shelfgw", seq=3, ts=T0 + 19.5, shelf="S1", event_id="e3", action="pick",
                          t_start=T0 + 18.0, t_end=T0 + 19.0, lanes=[LaneDelta(lane="L3", delta_g=g)], delta_g=g,
-                         candidates=[Candidate(sku=sku, qty=1, p=p, foreign=foreign)])
+                         candidates=[Candidate(sku=sku, qty=1, p=p, foreign=foreign) for sku, p, foreign in shelf_read])
     msgs = tracks_messages([carol, dave], CAMS, 26.0) + [
         entry("acct-carol", 1.1, 1), entry("acct-dave", 13.1, 2), shelf_event(STORE, "e1", "L2", 6.0, 7.0, 1),
         put, pick]
-    cfg = FusionConfig.model_validate({"association": {"misplaced_memory_s": memory_s}})
-    _, effects = run(msgs, FusionEngine(STORE, cfg))
+    cfg = FusionConfig.model_validate({"association": {"misplaced_memory_s": memory_s,
+                                                       "put_back_item_sd_g": item_sd}})
+    store = STORE.model_copy(deep=True)  # the P2 spread like a salad's (6 g): its twins are many grams apart
+    store.products["P2"] = store.products["P2"].model_copy(update={"weight_sd_g": 6.0})
+    _, effects = run(msgs, FusionEngine(store, cfg))
     r = receipts(effects)
     assert r["acct-carol"].decision == "no_charge" and sum(ln["qty"] for ln in r["acct-carol"].lines) == 0
     assert {ln["sku"]: ln["qty"] for ln in r["acct-dave"].lines} == dave_pays
-    assert r["acct-dave"].decision == ("hold" if p < 0.8 and "P2" not in dave_pays else "charge")
+    assert r["acct-dave"].decision == decision
 
 
 @pytest.mark.parametrize("party_gone_s, settled_by", [(10.0, 17.0), (0.0, None)])
