@@ -102,7 +102,7 @@ def weighed_items(cart: Cart) -> dict[str, list[tuple[float, int]]]:
 def item_weight_factors(items: dict[str, list[tuple[float, int]]], candidates: list[tuple[str, int, float]],
                         delta_g: float, weights: dict[str, tuple[float, float]], event_sd_g: float,
                         odd_share: float) -> list[tuple[str, int, float]]:
-    """The shelf's candidates reweighed by what the very items they could be weighed before.
+    """The shelf's candidates reweighed by earlier weighings of the very items they could be.
 
     The shelf reads a change against the catalogue (unit weight mean and sd per product).  An item put back
     came out of the cart, and its pick was weighed (:func:`weighed_items`); an item taken from a lane where

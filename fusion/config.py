@@ -209,9 +209,11 @@ class AssociationConfig(_Cfg):
                                                  "when those candidates carry at least this much of the shelf's "
                                                  "probability; else the shelf's own probability stands")
     put_back_item_sd_g: float = Field(1.0, ge=0, title="Item weighing spread",
-                                      description="The shelf's error (g) per weighing when a put-back's candidates "
-                                                  "are reweighed by what the cart's own items weighed when picked "
-                                                  "(0: not reweighed; fusion.carts.item_weight_factors)")
+                                      description="The shelf's error (g) per weighing when the candidates of a "
+                                                  "put-back, or of a pick from a lane holding misplaced goods, are "
+                                                  "reweighed by what those very items weighed before (the cart's "
+                                                  "picks, the misplaced goods' put-back; 0: not reweighed; "
+                                                  "fusion.carts.item_weight_factors)")
     put_back_item_odd: float = Field(0.05, ge=0, le=1, title="Odd item weighings",
                                      description="The share of weighings taken as odd (anywhere within ten "
                                                  "spreads) in that reweighing: one far from everything rules "
