@@ -773,6 +773,11 @@ class FusionEngine:
         lane = max(ev.lanes, key=lambda ln: (abs(ln.delta_g), ln.lane)).lane
         self._misplaced.append(_Misplaced(lane, sku, abs(ev.delta_g) / count, count, ev.t_end, p))
 
+    def _misplaced_at(self, ev: ShelfEventMsg) -> list[_Misplaced]:
+        """The misplaced goods fusion knows on ``ev``'s lanes, put there before it began."""
+        lanes = {ln.lane for ln in ev.lanes}
+        return [m for m in self._misplaced if m.lane in lanes and m.count > 0 and m.t < ev.t_start]
+
     def _misplaced_weighed(self, ev: ShelfEventMsg, cands: list[tuple[str, int, float]]
                            ) -> list[tuple[str, int, float]]:
         """The candidates of a pick that took none of the misplaced goods fusion knows on its lanes, reweighed
@@ -780,11 +785,9 @@ class FusionEngine:
         because an item of it lies on the lane now, which weighed something else, is unlikely (a Caesar
         salad misplaced on the Popcorners lane weighed 312.8 g; a pick of 303.9 g there was two Popcorners)."""
         cfg = self.cfg.association
-        lanes = {ln.lane for ln in ev.lanes}
         items: dict[str, list[tuple[float, int]]] = {}
-        for m in self._misplaced:
-            if m.lane in lanes and m.count > 0 and m.t < ev.t_start:
-                items.setdefault(m.sku, []).append((m.unit_g * m.count, m.count))
+        for m in self._misplaced_at(ev):
+            items.setdefault(m.sku, []).append((m.unit_g * m.count, m.count))
         if not items or cfg.put_back_item_sd_g <= 0:
             return cands
         out = item_weight_factors(items, cands, ev.delta_g, self.unit_weights, cfg.put_back_item_sd_g,
@@ -806,15 +809,13 @@ class FusionEngine:
         foreign = any(c.foreign for c in ev.candidates if c.sku == top_sku)
         if not foreign and top_p >= cfg.min_candidate_p:
             return None
-        lanes = {ln.lane for ln in ev.lanes}
         sd = cfg.put_back_weight_sd_g * math.sqrt(2.0)
         fits = []
-        for m in self._misplaced:
-            if m.lane in lanes and m.count > 0 and m.t < ev.t_start:
-                k = max(1, min(m.count, round(abs(ev.delta_g) / m.unit_g)))
-                z = abs(abs(ev.delta_g) - k * m.unit_g) / (sd * math.sqrt(k))
-                if z <= cfg.put_back_weight_sure_z:
-                    fits.append((z, m, k))
+        for m in self._misplaced_at(ev):
+            k = max(1, min(m.count, round(abs(ev.delta_g) / m.unit_g)))
+            z = abs(abs(ev.delta_g) - k * m.unit_g) / (sd * math.sqrt(k))
+            if z <= cfg.put_back_weight_sure_z:
+                fits.append((z, m, k))
         if not fits or len({m.sku for _, m, _ in fits}) > 1:
             return None
         z, m, k = min(fits, key=lambda f: (f[0], f[1].t))
