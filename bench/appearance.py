@@ -1,6 +1,6 @@
-"""How well the torso colour measured on rendered frames tells shoppers apart, and its noise model.
+"""How well the torso (or legs) colour measured on rendered frames tells shoppers apart, and its noise model.
 
-    python -m bench.appearance SESSION [--every N] [--json]
+    python -m bench.appearance SESSION [--every N] [--part torso|legs] [--json]
 
 SESSION is a simulated session rendered with frames (``walkout sim ... --out D``, without ``--no-frames``).
 For every ``N``-th frame of every camera, :func:`edge.appearance.torso_colours` runs on the true boxes of the
@@ -14,7 +14,8 @@ colour the simulator gave the shopper's shirt.  Printed:
   shopper seen by two cameras at the same instant (the cue's use for fusion), at the spreads fusion uses.
 
 These figures set :class:`walkout.truth_perception.TrackNoise`'s colour noise and
-:class:`fusion.config.FloorConfig`'s ``colour_sd``.
+:class:`fusion.config.FloorConfig`'s ``colour_sd``.  ``--part legs`` measures :func:`edge.appearance.leg_colours`
+against the trousers' colours instead (``shirt`` in the figures then reads ``trousers``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.appearance import bgr_to_lab, torso_colours
+from edge.appearance import bgr_to_lab, leg_colours, torso_colours
 from sim.session import Session
 from walkout.truth_perception import read_mot_truth, shopper_number
 
@@ -36,10 +37,16 @@ def _robust_sd(x: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)
 
 
-def _rows(session_dir: Path, every: int, min_vis: float) -> tuple[list[tuple], dict[int, tuple]]:
-    """(camera, frame, shopper, Lab) for the true boxes of every ``every``-th frame; and the shirts."""
+_PARTS = {"torso": (torso_colours, "shirt_bgr"), "legs": (leg_colours, "trousers_bgr")}
+
+
+def _rows(session_dir: Path, every: int, min_vis: float, part: str = "torso"
+          ) -> tuple[list[tuple], dict[int, tuple]]:
+    """(camera, frame, shopper, Lab) for the true boxes of every ``every``-th frame; and the shirts (or, for
+    ``part`` legs, the trousers)."""
+    measure_part, key = _PARTS[part]
     truth = json.loads((session_dir / "truth.json").read_text())
-    shirts = {shopper_number(s["shopper"]): tuple(s["shirt_bgr"]) for s in truth["shoppers"] if s.get("shirt_bgr")}
+    shirts = {shopper_number(s["shopper"]): tuple(s[key]) for s in truth["shoppers"] if s.get(key)}
     if not shirts:
         raise SystemExit(f"{session_dir}: truth.json has no shirt colours (simulated before they were recorded)")
     cts = {c: read_mot_truth(session_dir / "truth" / f"{c}.txt", c, truth) for c in truth["session"]["cameras"]}
@@ -53,18 +60,18 @@ def _rows(session_dir: Path, every: int, min_vis: float) -> tuple[list[tuple], d
             continue
         kp = ct.kp[sel, 0]
         heads = np.where(kp[:, 2:3] > 0.5, kp[:, :2], np.nan)
-        lab = torso_colours(img.decode(), ct.box[sel], heads)
+        lab = measure_part(img.decode(), ct.box[sel], heads)
         for k, i in enumerate(sel):
             if np.isfinite(lab[k, 0]) and int(ct.shopper[i]) in shirts:
                 rows.append((img.camera, img.frame, int(ct.shopper[i]), lab[k]))
     return rows, shirts
 
 
-def measure(sessions: list[Path], every: int = 5, min_vis: float = 0.4) -> dict:
+def measure(sessions: list[Path], every: int = 5, min_vis: float = 0.4, part: str = "torso") -> dict:
     """The colour noise model fitted on rendered sessions, and the cue's separability (see the docstring)."""
     rows, shirt_of = [], {}
     for k, d in enumerate(sessions):
-        r, shirts = _rows(d, every, min_vis)
+        r, shirts = _rows(d, every, min_vis, part)
         rows += [(f"{k}:{cam}", f"{k}:{fr}", (k, sh), lab) for cam, fr, sh, lab in r]
         shirt_of.update({(k, sh): v for sh, v in shirts.items()})
     if not rows:
@@ -108,7 +115,7 @@ def measure(sessions: list[Path], every: int = 5, min_vis: float = 0.4) -> dict:
                     diff.append(d)
     thr = float(np.percentile(same, 95)) if same else float("nan")
     return {
-        "sessions": [str(d) for d in sessions], "measurements": len(rows), "shoppers": len(ids), "every": every,
+        "sessions": [str(d) for d in sessions], "part": part, "measurements": len(rows), "shoppers": len(ids), "every": every,
         "base_scale_lab": scale.round(3).tolist(), "base_offset_lab": offset.round(2).tolist(),
         "base_spread_lab": spread.round(2).tolist(),
         "camera_offset_sd_lab": np.std(cam_off, axis=0).round(2).tolist(),
@@ -127,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.appearance", description=__doc__.split("\n\n")[0])
     ap.add_argument("sessions", type=Path, nargs="+", metavar="SESSION")
     ap.add_argument("--every", type=int, default=5, help="use every N-th frame (default 5)")
+    ap.add_argument("--part", choices=sorted(_PARTS), default="torso",
+                    help="torso (against the shirts, default) or legs (against the trousers)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
-    r = measure(a.sessions, a.every)
+    r = measure(a.sessions, a.every, part=a.part)
     if a.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['measurements']} torso colours of {r['shoppers']} shoppers (every {r['every']}th frame)")
+    print(f"{r['measurements']} {a.part} colours of {r['shoppers']} shoppers (every {r['every']}th frame)")
     print("colour model (CIE L*, a*, b*), as walkout.truth_perception.TrackNoise uses it:")
     print(f"  a shopper's colour = scale x shirt + offset: scale {r['base_scale_lab']}  offset {r['base_offset_lab']}"
           f"  spread between shoppers {r['base_spread_lab']}")

@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from bench.appearance import measure
-from edge.appearance import bgr_to_lab, channel_median, torso_colours
+from edge.appearance import bgr_to_lab, channel_median, leg_colours, torso_colours
 from fusion.config import FloorConfig
 from fusion.floor import FloorTracker, TrackObs
 from tests.fusion_scene import scene_store
@@ -48,6 +48,22 @@ def test_the_colour_is_the_shirt_next_to_the_head(box, head, colour):
     _person(img, box, head, colour)
     lab = torso_colours(img, np.array([box], float), np.array([head], float))
     assert np.allclose(lab[0], bgr_to_lab(np.array([colour]))[0], atol=1.0)
+
+
+@pytest.mark.parametrize(("box", "head", "legs"), [
+    ((100, 50, 140, 150), (120, 52), True),  # upright: the thighs below the box centre
+    ((200, 100, 300, 140), (202, 120), True),  # lying across the image: right of the centre
+    ((100, 50, 160, 110), (130, 80), False),  # seen from straight above: the head is the centre, no legs in view
+    ((100, 50, 160, 110), (135, 88), False),  # nearly so (head 0.14 of the box from its centre)
+])
+def test_the_legs_colour_is_beyond_the_box_centre_where_the_person_lies_lengthwise(box, head, legs):
+    img = np.full((240, 320, 3), 180, np.uint8)
+    _person(img, box, head, RED)
+    lab = leg_colours(img, np.array([box], float), np.array([head], float))
+    if not legs:
+        assert np.isnan(lab[0]).all()
+        return
+    assert np.allclose(lab[0], bgr_to_lab(np.array([(30, 30, 30)]))[0], atol=1.0)
 
 
 @pytest.mark.parametrize(("box", "heads", "why"), [
@@ -193,6 +209,8 @@ def test_on_rendered_frames_the_same_shopper_is_closer_in_colour_than_two_differ
     r = measure([SMOKE], every=1)
     assert r["measurements"] > 50
     assert r["different_shirt_distance_median_sd"] > 1.5 * r["same_shopper_distance_median_sd"]
+    legs = measure([SMOKE], every=1, part="legs")  # against the trousers (both views see the legs of most)
+    assert legs["part"] == "legs" and legs["measurements"] > 0.8 * r["measurements"]
 
 
 # ------------------------------------------------------------------------------------------------ duplicates
