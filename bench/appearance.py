@@ -48,7 +48,7 @@ def _rows(session_dir: Path, every: int, min_vis: float, part: str = "torso"
     truth = json.loads((session_dir / "truth.json").read_text())
     shirts = {shopper_number(s["shopper"]): tuple(s[key]) for s in truth["shoppers"] if s.get(key)}
     if not shirts:
-        raise SystemExit(f"{session_dir}: truth.json has no shirt colours (simulated before they were recorded)")
+        raise SystemExit(f"{session_dir}: truth.json has no {key} colours (simulated before they were recorded)")
     cts = {c: read_mot_truth(session_dir / "truth" / f"{c}.txt", c, truth) for c in truth["session"]["cameras"]}
     rows = []
     for img in Session.open(session_dir).images():

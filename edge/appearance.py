@@ -2,9 +2,7 @@
 
 Where two shoppers pass close to each other, where one camera's tracker swaps their ids, or where a camera
 picks a shopper up again after a gap, position alone cannot say who is who.  The colour of the upper body (the
-shirt, seen from the ceiling) usually can, and where two people wear the same shirt the colour of their legs
-(trousers, skirt) often still tells them apart.  No face, no identity beyond the visit: three numbers per
-body part and track.
+shirt, seen from the ceiling) usually can.  No face, no identity beyond the visit: three numbers per track.
 
 :func:`torso_colours` takes the frame, the tracks' boxes and head keypoints and returns, per box, the median
 colour of a small patch on the chest in CIE L*a*b* (L 0..100, a and b about -128..127).  The median resists
